@@ -1,0 +1,110 @@
+"""Test-set metrics and plots for one variant.
+
+Writes `metrics/<variant>/eval.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix)
+and `plots/<variant>/` (`predictions.json`, `confusion_matrix.png`, `learning_curves.png` from the training history).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files, never windows
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
+
+from textrnn.config import Config  # noqa: E402
+from textrnn.files import atomic_path, read_json, write_json  # noqa: E402
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix (rows = truth)."""
+    predictions = probabilities.argmax(axis=1)
+    class_ids = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predictions, labels=class_ids, zero_division=0
+    )
+    return {
+        "test_accuracy": float((predictions == labels).mean()),
+        "test_macro_f1": float(f1.mean()),
+        "rows": int(len(labels)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+        },
+        "confusion_matrix": confusion_matrix(labels, predictions, labels=class_ids).tolist(),
+        "classes": list(classes),
+    }
+
+
+def plot_confusion_matrix(confusion: list[list[int]], classes: list[str], path: Path) -> None:
+    matrix = np.asarray(confusion)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (row, col), count in np.ndenumerate(matrix):
+        colour = "white" if count > matrix.max() / 2 else "black"
+        ax.text(col, row, str(count), ha="center", va="center", color=colour)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def plot_learning_curves(history: list[dict[str, float]], title: str, path: Path) -> None:
+    epochs = [h["epoch"] for h in history]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(9, 3.5))
+    for split in ("train", "val"):
+        loss_ax.plot(epochs, [h[f"{split}_loss"] for h in history], marker="o", label=split)
+        acc_ax.plot(epochs, [h[f"{split}_accuracy"] for h in history], marker="o", label=split)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title=f"{title}: loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title=f"{title}: accuracy")
+    for ax in (loss_ax, acc_ax):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save_figure(fig, path)
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_evaluation(cfg: Config, variant_name: str, labels: np.ndarray, probabilities: np.ndarray,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compute metrics, write eval.json and the plots; returns the eval.json payload."""
+    report = {"variant": variant_name, **classification_metrics(labels, probabilities, cfg.data.classes), **(extra or {})}
+    plots = cfg.paths.plots_dir(variant_name)
+    write_json(plots / "predictions.json", _prediction_records(labels, probabilities.argmax(axis=1), report["classes"]))
+    plot_confusion_matrix(report["confusion_matrix"], report["classes"], plots / "confusion_matrix.png")
+    train_summary = cfg.paths.metrics_dir(variant_name) / "train.json"
+    if train_summary.is_file():
+        plot_learning_curves(read_json(train_summary)["history"], variant_name, plots / "learning_curves.png")
+    write_json(cfg.paths.metrics_dir(variant_name) / "eval.json", report)
+    return report
+
+
+def _prediction_records(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> list[dict[str, str]]:
+    """One {actual, predicted} record per test row: the shape `dvc plots`' confusion template counts."""
+    return [{"actual": classes[true], "predicted": classes[pred]} for true, pred in zip(labels, predictions)]
+
+
+def evaluate_variant(cfg: Config, variant_name: str) -> dict[str, Any]:
+    """Score the trained variant on the test split and write its metrics and plots."""
+    import torch
+
+    from textrnn.tokens import EncodedSplit, split_path
+    from textrnn.train import load_model, model_path, predict_logits
+
+    cfg.variant(variant_name)  # fail on an unknown name before reading any file
+    model, _ = load_model(model_path(cfg, variant_name))
+    test = EncodedSplit.load(split_path(cfg.paths.encoded, "test"))
+    logits = predict_logits(model, test, 256, torch.device("cpu"))
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return write_evaluation(cfg, variant_name, test.labels, probabilities, {"runtime": "torch"})

@@ -1,0 +1,116 @@
+"""`TextRNN`: one module for every variant, `forward(token_ids, lengths) -> logits`.
+
+Masked recurrent variants read each row only up to its true length, with a formulation that trains and
+exports to ONNX the same way (no packed sequences, whose export fixes shapes):
+
+- every layer and direction is a single-layer, one-directional cell run over the whole padded batch;
+- the forward direction is causal, so its output at `lengths - 1` never saw a pad;
+- the backward direction runs on each row reversed *within its own length* (a gather; pads stay at the
+  end), so it too meets the pads only after the real tokens; the same gather puts its outputs back in
+  place for the next layer;
+- the classifier reads the forward state at `lengths - 1` and the backward state at position 0.
+
+Adding pad columns to a batch therefore changes no logit. The unmasked variant (`masked: false`) is the
+lesson's first model: it reads the padded row to the end, pads included. `bag` is the mean of the real
+tokens' embeddings, the baseline that cannot see word order.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from textrnn.config import VariantConfig
+from textrnn.tokens import PAD_ID
+
+_CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+
+def _gather_time(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values[b, index[b, t], :] for a [B, T, D] tensor and a [B, T] index."""
+    return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.size(-1)))
+
+
+def reverse_within_lengths(lengths: torch.Tensor, seq_len: int | torch.Tensor) -> torch.Tensor:
+    """[B, T] index that reverses each row's first `lengths[b]` steps and leaves its pads in place.
+
+    It is its own inverse: gathering twice restores the original order.
+    """
+    steps = torch.arange(seq_len, device=lengths.device).unsqueeze(0)
+    lengths = lengths.unsqueeze(1)
+    return torch.where(steps < lengths, lengths - 1 - steps, steps)
+
+
+class TextRNN(nn.Module):
+    """A text classifier for one variant config; `forward(token_ids [B, T] int64, lengths [B] int64)`
+    returns logits [B, num_classes]. Every length must be in 1..T."""
+
+    def __init__(self, variant: VariantConfig, vocab_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.variant = variant
+        self.vocab_size = vocab_size
+        self.num_classes = num_classes
+        self.embedding = nn.Embedding(vocab_size, variant.embed_dim, padding_idx=PAD_ID)
+        if variant.cell == "bag":
+            self.layers = nn.ModuleList()
+            features = variant.embed_dim
+        else:
+            directions = 2 if variant.bidirectional else 1
+            cell = _CELLS[variant.cell]
+            self.layers = nn.ModuleList(
+                nn.ModuleList(
+                    cell(variant.embed_dim if layer == 0 else variant.hidden * directions, variant.hidden, batch_first=True)
+                    for _ in range(directions)
+                )
+                for layer in range(variant.layers)
+            )
+            features = variant.hidden * directions
+        self.head = nn.Linear(features, num_classes)
+
+    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        embedded = self.embedding(token_ids)
+        if self.variant.cell == "bag":
+            return self.head(self._mean_of_real_tokens(embedded, lengths))
+        if self.variant.masked:
+            return self.head(self._masked_features(embedded, lengths))
+        return self.head(self._unmasked_features(embedded))
+
+    @staticmethod
+    def _mean_of_real_tokens(embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(embedded.size(1), device=lengths.device).unsqueeze(0)
+        real = (steps < lengths.unsqueeze(1)).unsqueeze(-1).to(embedded.dtype)
+        return (embedded * real).sum(1) / lengths.unsqueeze(1).to(embedded.dtype)
+
+    def _masked_features(self, embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        reverse = reverse_within_lengths(lengths, embedded.size(1)) if self.variant.bidirectional else None
+        inputs = embedded
+        for directions in self.layers:
+            forward_out = directions[0](inputs)[0]
+            if reverse is None:
+                inputs = forward_out
+                continue
+            backward_out = _gather_time(directions[1](_gather_time(inputs, reverse))[0], reverse)
+            inputs = torch.cat([forward_out, backward_out], dim=-1)
+        last = (lengths - 1).view(-1, 1)
+        forward_last = _gather_time(inputs[..., : self.variant.hidden], last).squeeze(1)
+        if reverse is None:
+            return forward_last
+        # After un-reversing, position 0 holds the backward direction's state after the whole row.
+        return torch.cat([forward_last, inputs[:, 0, self.variant.hidden :]], dim=-1)
+
+    def _unmasked_features(self, embedded: torch.Tensor) -> torch.Tensor:
+        inputs = embedded
+        for directions in self.layers:
+            outputs = [directions[0](inputs)[0]]
+            if len(directions) == 2:
+                outputs.append(directions[1](inputs.flip(1))[0].flip(1))
+            inputs = torch.cat(outputs, dim=-1)
+        features = [inputs[:, -1, : self.variant.hidden]]
+        if self.variant.bidirectional:
+            features.append(inputs[:, 0, self.variant.hidden :])
+        return torch.cat(features, dim=-1)
+
+
+def build_model(variant: VariantConfig, vocab_size: int, num_classes: int) -> TextRNN:
+    """The one place a model is built from its config."""
+    return TextRNN(variant, vocab_size, num_classes)
