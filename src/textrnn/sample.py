@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    from textrnn.config import Config
+    from textrnn.config import DataConfig
 
 # Keywords per topic, in the order of AG News' classes (World, Sports, Business, Sci/Tech).
 TOPIC_KEYWORDS: tuple[tuple[str, ...], ...] = (
@@ -96,12 +96,12 @@ def generate(rows: int, n_classes: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"text": texts, "label": labels.astype(np.int64)})
 
 
-def generate_splits(cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and test corpora for `cfg.data.sample` sizes, `cfg.data.classes` and `cfg.seed`.
+def generate_splits(data_cfg: DataConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test corpora for `data_cfg.sample` sizes and `data_cfg.classes`.
 
     Test rows come from their own random stream, so changing the train size leaves the test set alone.
     """
-    n_classes = len(cfg.data.classes)
-    train = generate(cfg.data.sample.train_rows, n_classes, cfg.seed)
-    test = generate(cfg.data.sample.test_rows, n_classes, cfg.seed + 1_000_003)
+    n_classes = len(data_cfg.classes)
+    train = generate(data_cfg.sample.train_rows, n_classes, seed)
+    test = generate(data_cfg.sample.test_rows, n_classes, seed + 1_000_003)
     return train, test

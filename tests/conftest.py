@@ -1,0 +1,67 @@
+"""Shared fixtures: configs rooted in a temporary workspace, and a small prepared + encoded sample corpus.
+
+Tests never touch the repository's own data/, models/ or mlflow.db: every path points under tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from textrnn import config
+from textrnn.config import Config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PARAMS = REPO_ROOT / "params.yaml"
+
+# Libraries we drive stay quiet and offline in tests.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def path_overrides(workdir: Path) -> list[str]:
+    """`--set` overrides that put every output of the pipeline under `workdir`."""
+    names = ("prepared", "encoded", "artifacts", "models", "metrics", "plots", "cache")
+    defaults = config.PathsConfig()
+    return [f"paths.{name}={workdir / getattr(defaults, name)}" for name in names]
+
+
+SMALL_SAMPLE = [
+    "data.source=sample",
+    "data.sample.train_rows=3000",
+    "data.sample.test_rows=400",
+    "tracking.enabled=false",
+    "train.epochs=2",
+    "train.threads=1",
+]
+
+
+def make_config(workdir: Path, *overrides: str) -> Config:
+    """params.yaml + the small sample settings + `overrides`, with every path under `workdir`."""
+    return config.load(PARAMS, [*SMALL_SAMPLE, *path_overrides(workdir), *overrides])
+
+
+@pytest.fixture(scope="session")
+def encoded_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace whose sample corpus is prepared and encoded once per session (read-only for tests)."""
+    from textrnn.data import prepare
+    from textrnn.tokens import encode
+
+    workdir = tmp_path_factory.mktemp("encoded-sample")
+    cfg = make_config(workdir)
+    prepare(cfg)
+    encode(cfg)
+    return workdir
+
+
+@pytest.fixture
+def workspace(encoded_sample: Path, tmp_path: Path) -> Path:
+    """A private copy of the encoded sample workspace, free to train into."""
+    target = tmp_path / "ws"
+    shutil.copytree(encoded_sample, target)
+    return target

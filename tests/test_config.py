@@ -1,0 +1,85 @@
+"""params.yaml is validated on load: every mistake is one line naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from textrnn import config
+from textrnn.config import ConfigError
+
+from conftest import PARAMS
+
+
+def write_params(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_repository_params_load_with_the_five_lesson_variants_and_the_baseline() -> None:
+    cfg = config.load(PARAMS)
+    assert list(cfg.variants) == ["rnn", "rnn_masked", "lstm", "gru", "bilstm", "bag"]
+    assert cfg.variants["bilstm"].layers == 2 and cfg.variants["bilstm"].bidirectional
+    assert not cfg.variants["rnn"].masked and cfg.variants["rnn_masked"].masked
+    assert cfg.tokenizer.vocab_size == 20000
+
+
+def test_overrides_are_typed_like_yaml_and_create_nested_keys() -> None:
+    cfg = config.load(PARAMS, ["train.epochs=3", "data.source=sample", "variants.lstm.hidden=12", "buckets.token_budget=512"])
+    assert cfg.train.epochs == 3 and cfg.data.source == "sample"
+    assert cfg.variants["lstm"].hidden == 12 and cfg.variants["lstm"].cell == "lstm"
+    assert cfg.buckets.token_budget == 512
+
+
+def test_config_is_frozen() -> None:
+    cfg = config.load(PARAMS)
+    with pytest.raises(Exception):
+        cfg.train.epochs = 99  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.epochz=3"], "unknown key 'train.epochz'"),
+        (["colour=blue"], "unknown key 'colour'"),
+        (["tokenizer.vocab_size=2"], "tokenizer.vocab_size"),
+        (["data.val_fraction=1.5"], "data.val_fraction"),
+        (["data.val_fraction=0"], "data.val_fraction"),
+        (["variants.lstm.cell=transformer"], "variants.lstm.cell"),
+        (["train.epochs=many"], "train.epochs"),
+        (["data.source=csv"], "data.train_path"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config.load(PARAMS, overrides)
+    assert message in str(error.value)
+    assert str(PARAMS) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["train.epochs", "=3", "train..epochs=3", "train.epochs.x=3"])
+def test_bad_overrides_are_rejected(override: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config.load(PARAMS, [override])
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_key_in_the_file_names_file_and_key(tmp_path: Path) -> None:
+    path = write_params(tmp_path, "seed: 1\ntrain:\n  learning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: unknown key 'train.learning_rat'"):
+        config.load(path)
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="params file not found"):
+        config.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(write_params(tmp_path, "train: [unclosed\n"))
+
+
+def test_unknown_variant_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown variant 'lstmm'.*bilstm"):
+        config.load(PARAMS).variant("lstmm")
