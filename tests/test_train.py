@@ -1,0 +1,119 @@
+"""Training behaviour on the sample corpus: order is learned, runs are reproducible, and a killed run
+resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from textrnn.config import Config
+from textrnn.evaluate import evaluate_variant
+from textrnn.train import checkpoint_path, model_path, train_variant
+
+from conftest import PARAMS, REPO_ROOT, SMALL_SAMPLE, make_config, path_overrides
+
+# Enough epochs and a livelier learning rate than the lesson's so the small corpus trains in seconds.
+BEHAVIOUR = ["train.epochs=8", "train.learning_rate=0.005", "variants.lstm.batch_size=16"]
+MASKED_RECURRENT = [name for name, v in Config().variants.items() if v.masked and v.cell != "bag"]
+ORDER_AWARE_BAR = 0.9
+
+
+@pytest.fixture(scope="module")
+def behaviour_results(tmp_path_factory: pytest.TempPathFactory, encoded_sample: Path) -> dict[str, float]:
+    """Test accuracy of every masked recurrent variant and of `bag`, trained once for this module."""
+    import shutil
+
+    workdir = tmp_path_factory.mktemp("behaviour") / "ws"
+    shutil.copytree(encoded_sample, workdir)
+    cfg = make_config(workdir, *BEHAVIOUR)
+    results = {}
+    for variant in [*MASKED_RECURRENT, "bag"]:
+        train_variant(cfg, variant)
+        results[variant] = evaluate_variant(cfg, variant)["test_accuracy"]
+    return results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", MASKED_RECURRENT)
+def test_masked_recurrent_variants_learn_the_order_dependent_sample(behaviour_results: dict[str, float], variant: str) -> None:
+    assert behaviour_results[variant] >= ORDER_AWARE_BAR, behaviour_results
+
+
+@pytest.mark.slow
+def test_bag_of_embeddings_cannot_see_order(behaviour_results: dict[str, float]) -> None:
+    best_recurrent = min(behaviour_results[v] for v in MASKED_RECURRENT)
+    assert behaviour_results["bag"] <= best_recurrent - 0.15, behaviour_results
+    assert behaviour_results["bag"] > 0.3  # it still learns the one-topic rows: above chance (0.25)
+
+
+def test_loss_goes_down_and_outputs_are_written(workspace: Path) -> None:
+    cfg = make_config(workspace, "train.epochs=2")
+    summary = train_variant(cfg, "gru")
+    history = summary["history"]
+    assert history[1]["train_loss"] < history[0]["train_loss"]
+    assert model_path(cfg, "gru").is_file() and checkpoint_path(cfg, "gru").is_file()
+    written = json.loads((cfg.paths.metrics_dir("gru") / "train.json").read_text())
+    assert written["epochs_run"] == 2 and written["padding_efficiency"] > 0.9
+    assert set(history[0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "samples_per_second", "padding_efficiency"}
+
+
+def test_epoch_callback_sees_every_epoch(workspace: Path) -> None:
+    seen: list[tuple[str, int]] = []
+    train_variant(make_config(workspace, "train.epochs=2"), "bag", on_epoch=lambda v, m: seen.append((v, m["epoch"])))
+    assert seen == [("bag", 1), ("bag", 2)]
+
+
+def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> None:
+    cfg = make_config(workspace, "train.epochs=2")
+    first = train_variant(cfg, "rnn_masked")
+    first_weights = torch.load(model_path(cfg, "rnn_masked"), weights_only=True)["state_dict"]
+    second = train_variant(cfg, "rnn_masked")
+    second_weights = torch.load(model_path(cfg, "rnn_masked"), weights_only=True)["state_dict"]
+    strip = ("samples_per_second", "seconds")
+    assert [{k: v for k, v in h.items() if k not in strip} for h in first["history"]] == [
+        {k: v for k, v in h.items() if k not in strip} for h in second["history"]
+    ]
+    assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
+
+
+def _train_command(workspace: Path, *extra: str) -> list[str]:
+    sets = [arg for override in [*SMALL_SAMPLE, *path_overrides(workspace), "train.epochs=4", "train.patience=10"]
+            for arg in ("--set", override)]
+    return [sys.executable, "-m", "textrnn.cli", "train", "--variant", "lstm", "--params", str(PARAMS),
+            "--no-progress", *sets, *extra]
+
+
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: Path, tmp_path: Path) -> None:
+    cfg = make_config(workspace, "train.epochs=4", "train.patience=10")
+    uninterrupted = train_variant(cfg, "lstm")
+    reference = torch.load(model_path(cfg, "lstm"), weights_only=True)["state_dict"]
+    model_path(cfg, "lstm").unlink()
+    checkpoint_path(cfg, "lstm").unlink()
+
+    # A real process, really killed (SIGKILL: no cleanup) once its first epoch's checkpoint is on disk.
+    process = subprocess.Popen(_train_command(workspace), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not checkpoint_path(cfg, "lstm").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not model_path(cfg, "lstm").exists()
+    killed_after = torch.load(checkpoint_path(cfg, "lstm"), weights_only=False)["state"]["epoch"]
+    assert killed_after < 4
+
+    resumed = subprocess.run(_train_command(workspace, "--resume"), cwd=REPO_ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    weights = torch.load(model_path(cfg, "lstm"), weights_only=True)["state_dict"]
+    assert all(torch.equal(reference[k], weights[k]) for k in reference)
+    history = json.loads((cfg.paths.metrics_dir("lstm") / "train.json").read_text())["history"]
+    assert [h["val_loss"] for h in history] == [h["val_loss"] for h in uninterrupted["history"]]
