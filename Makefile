@@ -29,6 +29,7 @@ demo: install
 	$(BIN)/textrnn encode $(DEMO_PARAMS)
 	for variant in $(VARIANTS); do \
 	  $(BIN)/textrnn train --variant $$variant $(DEMO_PARAMS) || exit 1; \
+	  $(BIN)/textrnn export --variant $$variant $(DEMO_PARAMS) || exit 1; \
 	  $(BIN)/textrnn evaluate --variant $$variant $(DEMO_PARAMS) || exit 1; \
 	done
 	$(BIN)/textrnn compare $(DEMO_PARAMS)

@@ -23,11 +23,11 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
                 "variant": name,
                 "cell": variant.cell + (" (bi)" if variant.bidirectional else ""),
                 "masked": "yes" if variant.masked else "no",
-                "test_accuracy": evaluation["test_accuracy"],
-                "test_macro_f1": evaluation["test_macro_f1"],
+                "accuracy": evaluation["test_accuracy"],
+                "macro_f1": evaluation["test_macro_f1"],
                 "epochs": trained.get("epochs_run", "-"),
                 "samples/s": round(trained.get("samples_per_second", 0.0)),
-                "padding_eff": trained.get("padding_efficiency", float("nan")),
+                "padding": trained.get("padding_efficiency", float("nan")),
             }
         )
-    return sorted(rows, key=lambda row: -row["test_accuracy"])
+    return sorted(rows, key=lambda row: -row["accuracy"])
