@@ -29,7 +29,7 @@ def random_batches(n_rows: int, batch_size: int, rng: np.random.Generator) -> li
 class BucketBatchSampler:
     """Yields arrays of row indices; every row exactly once per epoch.
 
-    `token_budget`, when set, caps rows x longest row per batch (at least one row), so a batch of long
+    With `enabled=False` it serves plain shuffled batches, the baseline. `token_budget`, when set, caps rows x longest row per batch (at least one row), so a batch of long
     rows holds fewer of them; `batch_size` still caps the rows.
     """
 
@@ -40,12 +40,14 @@ class BucketBatchSampler:
         seed: int,
         chunk_batches: int = 64,
         token_budget: int | None = None,
+        enabled: bool = True,
     ) -> None:
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.seed = seed
         self.chunk_batches = chunk_batches
         self.token_budget = token_budget
+        self.enabled = enabled
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -54,6 +56,8 @@ class BucketBatchSampler:
     def batches(self) -> list[np.ndarray]:
         """This epoch's batches, in the order they are served."""
         rng = np.random.default_rng([self.seed, self.epoch])
+        if not self.enabled:
+            return random_batches(len(self.lengths), self.batch_size, rng)
         order = rng.permutation(len(self.lengths))
         chunk_rows = self.batch_size * self.chunk_batches
         batches: list[np.ndarray] = []

@@ -98,8 +98,9 @@ class TokenizerConfig(_Frozen):
 
 
 class BucketsConfig(_Frozen):
-    """Sort-within-chunks batching (see `textrnn.bucketing`)."""
+    """Sort-within-chunks batching (see `textrnn.bucketing`); `enabled: false` batches at random."""
 
+    enabled: bool = True
     chunk_batches: int = Field(64, ge=1)
     token_budget: int | None = Field(None, ge=1)
 

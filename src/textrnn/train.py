@@ -181,7 +181,8 @@ def train_variant(
     model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
     optimizer = _make_optimizer(model, cfg, device)
     sampler = BucketBatchSampler(
-        train_split.texts.lengths, variant.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget
+        train_split.texts.lengths, variant.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
+        enabled=cfg.buckets.enabled,
     )
 
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
