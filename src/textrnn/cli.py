@@ -63,7 +63,8 @@ def user_errors(command):
         try:
             return command(*args, **kwargs)
         except TextrnnError as error:
-            err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+            # Plain text: a message may hold brackets (paths, lists) that rich would read as markup.
+            err_console.print(f"error: {error}", style="bold red", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper
@@ -77,10 +78,10 @@ def load_config(params: Path, overrides: list[str] | None) -> Config:
 @user_errors
 def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Load, validate and split the data source into data/prepared/{train,val,test}.parquet."""
-    from textrnn.data import prepare as run_prepare
+    from textrnn.steps import prepare_step
 
     cfg = load_config(params, set_)
-    report = run_prepare(cfg)
+    report = prepare_step(cfg)
     rows = ", ".join(f"{split} {count}" for split, count in report["rows"].items())
     console.print(f"prepared {cfg.data.source}: {rows} -> {cfg.paths.prepared}")
 
@@ -89,10 +90,10 @@ def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) 
 @user_errors
 def encode(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Fit the vocabulary on train, encode every split, and measure bucketing's padding efficiency."""
-    from textrnn.tokens import encode as run_encode
+    from textrnn.steps import encode_step
 
     cfg = load_config(params, set_)
-    report = run_encode(cfg)
+    report = encode_step(cfg)
     at_64 = next(r for r in report["by_batch_size"] if r["batch_size"] == 64)
     console.print(
         f"vocabulary {report['vocab_size']}; padding efficiency at batch 64: "
@@ -109,11 +110,15 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue from the variant's last checkpoint.")] = False,
     progress: ProgressOption = True,
 ) -> None:
-    """Train one variant; writes models/<variant>/model.pt and metrics/<variant>/train.json."""
-    from textrnn.train import train_variant
+    """Train one variant; writes models/<variant>/model.pt and metrics/<variant>/train.json.
+
+    With tracking on, logs to a new MLflow run for the variant (nested under $TEXTRNN_MLFLOW_PARENT_RUN_ID
+    or the DVC experiment's run when set); --resume continues the variant's recorded run.
+    """
+    from textrnn.steps import train_step
 
     cfg = load_config(params, set_)
-    summary = train_variant(cfg, variant, resume=resume, show_progress=progress)
+    summary = train_step(cfg, variant, resume=resume, show_progress=progress)
     console.print(
         f"{variant}: best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}, "
         f"{summary['samples_per_second']:.0f} samples/s, padding efficiency {summary['padding_efficiency']:.3f}"
@@ -132,10 +137,11 @@ DeviceOption = Annotated[
 @user_errors
 def export(variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
     """Export one variant to models/<variant>/model.onnx; fails unless onnxruntime matches torch (parity)."""
-    from textrnn.export import export_variant, onnx_path
+    from textrnn.export import onnx_path
+    from textrnn.steps import export_step
 
     cfg = load_config(params, set_)
-    report = export_variant(cfg, variant)
+    report = export_step(cfg, variant)
     console.print(
         f"{variant}: {onnx_path(cfg.paths.model_dir(variant))} (opset {report['opset']}), parity max |logit diff| "
         f"{report['max_abs_diff']:.2e} over {len(report['shapes'])} shapes"
@@ -152,25 +158,76 @@ def evaluate(
 ) -> None:
     """Evaluate one exported variant on the test split through onnxruntime; writes metrics/<variant>/eval.json
     and plots/<variant>/."""
-    from textrnn.evaluate import evaluate_variant
+    from textrnn.steps import evaluate_step
 
     cfg = load_config(params, set_)
-    report = evaluate_variant(cfg, variant, device=device)
+    report = evaluate_step(cfg, variant, device=device)
     console.print(
         f"{variant}: test accuracy {report['test_accuracy']:.4f}, macro-F1 {report['test_macro_f1']:.4f} "
         f"({report['provider']}, {report['inference_latency_ms_b1']:.2f} ms at batch 1)"
     )
 
 
+MLFLOW_MODEL_URI_PREFIXES = ("models:/", "runs:/")
+
+
+@app.command()
+@user_errors
+def register(variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+    """Register the variant's exported, evaluated MLflow model as a version of registry.model_name."""
+    from textrnn.steps import register_step
+
+    cfg = load_config(params, set_)
+    result = register_step(cfg, variant)
+    if not result["registered"]:
+        console.print(f"{variant}: not registered ({result['reason']})")
+        return
+    console.print(
+        f"{variant}: {result['model_name']} version {result['version']} "
+        f"(test_accuracy {float(result['test_accuracy']):.4f}, ONNX parity passed: {result['onnx_parity_passed']})"
+    )
+
+
+@app.command()
+@user_errors
+def promote(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    version: Annotated[
+        list[str] | None,
+        typer.Option("--version", help="Candidate version (repeatable); default: the newest version of each variant."),
+    ] = None,
+) -> None:
+    """Move alias `champion` to the best candidate if its ONNX parity passed and its test accuracy beats the
+    champion's by registry.min_delta; otherwise change nothing and say why. Writes metrics/promotion.json."""
+    from textrnn.steps import promote_step
+
+    cfg = load_config(params, set_)
+    decision = promote_step(cfg, version)
+    outcome = "promoted" if decision["promoted"] else "not promoted"
+    console.print(f"{outcome}: {decision['reason']}", highlight=False)
+    if decision.get("champion_after"):
+        console.print(f"champion: {decision['model_name']} version {decision['champion_after']}")
+
+
+def _mlflow_model_dir(uri: str, cfg: Config) -> Path:
+    """Download MLflow model `uri` into the cache (refreshed on every call: aliases move) and return the
+    directory with its model.onnx and tokenizer.json."""
+    from textrnn import tracking
+
+    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in uri)
+    return tracking.download_model(uri, cfg.paths.cache / "mlflow-models" / slug)
+
+
 def resolve_model(ref: str, cfg: Config) -> Path:
     """The local model directory (model.onnx + tokenizer.json) that `--model REF` names.
 
-    REF is a variant name (-> `paths.models/<V>`) or a path to a model directory. MLflow model URIs
-    (`models:/name@alias`, `runs:/...`) are recognised here and will be resolved to a downloaded
-    directory by the MLflow integration; until then they raise TextrnnError.
+    REF is a variant name (-> `paths.models/<V>`), a path to a model directory, or an MLflow model URI
+    (`models:/agnews-rnn@champion`, `models:/name/3`, `runs:/<id>/model`), downloaded from the tracking
+    server ($MLFLOW_TRACKING_URI, else ./mlflow.db) into `paths.cache/mlflow-models/`.
     """
-    if ref.startswith(("models:/", "runs:/")):
-        raise TextrnnError(f"--model {ref}: MLflow model URIs are not supported yet; pass a variant or a directory")
+    if ref.startswith(MLFLOW_MODEL_URI_PREFIXES):
+        return _mlflow_model_dir(ref, cfg)
     if ref in cfg.variants:
         return cfg.paths.model_dir(ref)
     if Path(ref).is_dir():
@@ -216,7 +273,13 @@ def _print_predictions(texts: list[str], labels: list[str], probabilities, class
 @app.command()
 @user_errors
 def predict(
-    model: Annotated[str, typer.Option("--model", "-m", help="A variant name (models/<V>) or a model directory.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m",
+            help="A variant name (models/<V>), a model directory, or an MLflow model URI (models:/agnews-rnn@champion).",
+        ),
+    ],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.", show_default=False)] = None,
     input_: Annotated[
         Path | None, typer.Option("--input", "-i", help="Texts from a file: CSV with a 'text' column, JSONL, or lines.")
@@ -263,6 +326,58 @@ def compare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) 
     for row in rows:
         table.add_row(*(f"{value:.4f}" if isinstance(value, float) else str(value) for value in row.values()))
     console.print(table)
+
+
+def _pipeline_flow():
+    """The `training_pipeline` Prefect flow. flows/ sits beside src/ in the checkout (it is what Prefect
+    deployments load), not inside the installed package, so the checkout's root goes on sys.path."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "flows" / "training.py").is_file():
+        raise TextrnnError(f"{root}: no flows/training.py; `textrnn pipeline` runs from a source checkout (make install)")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from flows.training import check_prefect_api, training_pipeline
+
+    check_prefect_api()
+    return training_pipeline
+
+
+def _print_pipeline(result: dict[str, Any]) -> None:
+    promotion = result["promotion"]
+    champion = promotion.get("champion_after")
+    table = Table(title="textrnn pipeline")
+    for column in ("variant", "acc", "F1", "ms b1", "pad", "ver", "champion", "train"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in sorted(result["variants"], key=lambda r: -r["test_accuracy"]):
+        table.add_row(
+            row["variant"], f"{row['test_accuracy']:.4f}", f"{row['test_macro_f1']:.4f}",
+            f"{row['inference_latency_ms_b1']:.2f}", f"{row['padding_efficiency']:.3f}", row.get("model_version") or "-",
+            "yes" if champion is not None and row.get("model_version") == champion else "",
+            "cached" if row["train_cached"] else "trained",
+        )
+    console.print(table)
+    outcome = "promoted" if promotion["promoted"] else "not promoted"
+    console.print(f"{outcome}: {promotion['reason']}", highlight=False)
+
+
+@app.command()
+@user_errors
+def pipeline(
+    params: ParamsOption = Path("params.yaml"),
+    set_: SetOption = None,
+    variants: Annotated[
+        str | None, typer.Option("--variants", help="Comma-separated variants to train (default: all in params.yaml).")
+    ] = None,
+) -> None:
+    """Run the whole pipeline as a Prefect flow: prepare, encode, then every variant (train, export, evaluate,
+    register) concurrently, then promote. Unchanged steps are cached. With PREFECT_API_URL the run is recorded
+    on that server; without it Prefect starts a temporary local one."""
+    cfg = load_config(params, set_)  # a config error is one line, before Prefect starts
+    names = [name.strip() for name in variants.split(",") if name.strip()] if variants else None
+    for name in names or []:
+        cfg.variant(name)
+    training_pipeline = _pipeline_flow()
+    _print_pipeline(training_pipeline(params=str(params), variants=names, overrides=list(set_ or [])))
 
 
 if __name__ == "__main__":

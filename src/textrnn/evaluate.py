@@ -1,4 +1,4 @@
-"""Test-set metrics and plots for one variant.
+"""Test-set metrics and plots for one variant, scored through `OnnxClassifier` (the exported graph).
 
 Writes `metrics/<variant>/eval.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix)
 and `plots/<variant>/` (`predictions.json`, `confusion_matrix.png`, `learning_curves.png` from the training history).
@@ -6,8 +6,9 @@ and `plots/<variant>/` (`predictions.json`, `confusion_matrix.png`, `learning_cu
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -17,7 +18,11 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
 from textrnn.config import Config  # noqa: E402
+from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import atomic_path, read_json, write_json  # noqa: E402
+
+if TYPE_CHECKING:
+    from textrnn.inference import OnnxClassifier
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -95,16 +100,45 @@ def _prediction_records(labels: np.ndarray, predictions: np.ndarray, classes: li
     return [{"actual": classes[true], "predicted": classes[pred]} for true, pred in zip(labels, predictions)]
 
 
-def evaluate_variant(cfg: Config, variant_name: str) -> dict[str, Any]:
-    """Score the trained variant on the test split and write its metrics and plots."""
-    import torch
+LATENCY_TEXTS = 50
 
-    from textrnn.tokens import EncodedSplit, split_path
-    from textrnn.train import load_model, model_path, predict_logits
+
+def batch1_latency_ms(classifier: OnnxClassifier, texts: list[str], warmup: int = 5) -> float:
+    """Median wall time in ms of `classifier.predict([text])` over `texts`, tokenization included,
+    after `warmup` untimed calls (the first calls pay for lazy allocations)."""
+    for text in texts[:warmup]:
+        classifier.predict([text])
+    timings = []
+    for text in texts:
+        started = time.perf_counter()
+        classifier.predict([text])
+        timings.append((time.perf_counter() - started) * 1000.0)
+    return float(np.median(timings)) if timings else float("nan")
+
+
+def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> dict[str, Any]:
+    """Score the exported variant (`models/<V>/model.onnx`, through `OnnxClassifier`: the shipped model
+    is the evaluated one) on the prepared test texts, and write its metrics and plots.
+
+    eval.json also records the runtime, the onnxruntime provider that ran and the median batch-1
+    latency in ms. Raises TextrnnError when the variant is unknown or not exported yet.
+    """
+    from textrnn.data import read_split
+    from textrnn.inference import OnnxClassifier
 
     cfg.variant(variant_name)  # fail on an unknown name before reading any file
-    model, _ = load_model(model_path(cfg, variant_name))
-    test = EncodedSplit.load(split_path(cfg.paths.encoded, "test"))
-    logits = predict_logits(model, test, 256, torch.device("cpu"))
-    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return write_evaluation(cfg, variant_name, test.labels, probabilities, {"runtime": "torch"})
+    classifier = OnnxClassifier.from_model_dir(cfg.paths.model_dir(variant_name), device=device)
+    if classifier.classes != list(cfg.data.classes):
+        raise TextrnnError(
+            f"{variant_name}: the exported model's classes {classifier.classes} are not data.classes "
+            f"{list(cfg.data.classes)}; re-run train and export"
+        )
+    test = read_split(cfg.paths.prepared, "test")
+    texts = test["text"].tolist()
+    _, probabilities = classifier.predict(texts)
+    extra = {
+        "runtime": "onnxruntime",
+        "provider": classifier.provider,
+        "inference_latency_ms_b1": batch1_latency_ms(classifier, texts[:LATENCY_TEXTS]),
+    }
+    return write_evaluation(cfg, variant_name, test["label"].to_numpy(np.int64), probabilities, extra)
