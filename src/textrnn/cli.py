@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -168,9 +167,6 @@ def evaluate(
     )
 
 
-MLFLOW_MODEL_URI_PREFIXES = ("models:/", "runs:/")
-
-
 @app.command()
 @user_errors
 def register(variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
@@ -210,55 +206,6 @@ def promote(
         console.print(f"champion: {decision['model_name']} version {decision['champion_after']}")
 
 
-def _mlflow_model_dir(uri: str, cfg: Config) -> Path:
-    """Download MLflow model `uri` into the cache (refreshed on every call: aliases move) and return the
-    directory with its model.onnx and tokenizer.json."""
-    from textrnn import tracking
-
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in uri)
-    return tracking.download_model(uri, cfg.paths.cache / "mlflow-models" / slug)
-
-
-def resolve_model(ref: str, cfg: Config) -> Path:
-    """The local model directory (model.onnx + tokenizer.json) that `--model REF` names.
-
-    REF is a variant name (-> `paths.models/<V>`), a path to a model directory, or an MLflow model URI
-    (`models:/agnews-rnn@champion`, `models:/name/3`, `runs:/<id>/model`), downloaded from the tracking
-    server ($MLFLOW_TRACKING_URI, else ./mlflow.db) into `paths.cache/mlflow-models/`.
-    """
-    if ref.startswith(MLFLOW_MODEL_URI_PREFIXES):
-        return _mlflow_model_dir(ref, cfg)
-    if ref in cfg.variants:
-        return cfg.paths.model_dir(ref)
-    if Path(ref).is_dir():
-        return Path(ref)
-    raise TextrnnError(f"--model {ref}: neither a variant ({', '.join(cfg.variants)}) nor a model directory")
-
-
-PREDICT_CHUNK = 4096  # texts per progress step when scoring a file
-
-
-def _prediction_record(text: str, label: str, probabilities, classes: list[str]) -> dict[str, Any]:
-    return {"text": text, "label": label, "probabilities": {name: round(float(p), 6) for name, p in zip(classes, probabilities)}}
-
-
-def _score_to_jsonl(classifier, texts: list[str], output: Path, show_progress: bool) -> None:
-    """Score `texts` in chunks and write one JSON record per text to `output` (atomically)."""
-    from textrnn.files import atomic_path
-    from textrnn.runtime import progress_bar
-
-    with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as handle, progress_bar(show_progress) as bar:
-        task = bar.add_task(f"scoring {len(texts)} texts", total=len(texts), rate=0.0)
-        started = time.perf_counter()
-        for start in range(0, len(texts), PREDICT_CHUNK):
-            chunk = texts[start : start + PREDICT_CHUNK]
-            labels, probabilities = classifier.predict(chunk)
-            for text, label, row in zip(chunk, labels, probabilities):
-                handle.write(json.dumps(_prediction_record(text, label, row, classifier.classes)) + "\n")
-            done = start + len(chunk)
-            bar.update(task, completed=done, rate=done / max(time.perf_counter() - started, 1e-9))
-
-
 def _print_predictions(texts: list[str], labels: list[str], probabilities, classes: list[str]) -> None:
     table = Table(title="textrnn predict")
     table.add_column("text", overflow="fold", max_width=60)
@@ -292,6 +239,7 @@ def predict(
 ) -> None:
     """Classify texts with an exported model; prints label + probabilities, or writes JSONL with --output."""
     from textrnn.inference import OnnxClassifier, read_texts
+    from textrnn.serving import prediction_record, resolve_model, write_predictions_jsonl
 
     if bool(texts) == (input_ is not None):
         raise TextrnnError("give texts as arguments or --input FILE (exactly one of them)")
@@ -299,7 +247,7 @@ def predict(
     classifier = OnnxClassifier.from_model_dir(resolve_model(model, cfg), device=device)
     texts = read_texts(input_) if input_ is not None else list(texts)
     if output is not None:
-        _score_to_jsonl(classifier, texts, output, progress)
+        write_predictions_jsonl(classifier, texts, output, progress)
         console.print(f"scored {len(texts)} texts on {classifier.provider} -> {output}")
         return
     labels, probabilities = classifier.predict(texts)
@@ -307,7 +255,7 @@ def predict(
         _print_predictions(texts, labels, probabilities, classifier.classes)
         return
     for text, label, row in zip(texts, labels, probabilities):
-        typer.echo(json.dumps(_prediction_record(text, label, row, classifier.classes)))
+        typer.echo(json.dumps(prediction_record(text, label, row, classifier.classes)))
 
 
 @app.command()

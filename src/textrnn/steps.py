@@ -73,9 +73,10 @@ def train_step(
 def export_step(cfg: Config, variant: str) -> dict[str, Any]:
     """Export `variant` to ONNX with its parity check; returns the parity report (export.json).
 
-    Tracked: `onnx_parity_max_abs_diff`, tag `onnx_parity_passed` and export.json on the variant's run
-    (also when parity fails: the run is then marked FAILED and the ExportError propagates), and the
-    pyfunc model logged from the passing export (`mlflow_model_id` in the result).
+    Tracked: `onnx_parity_max_abs_diff`, tag `onnx_parity_passed` and export.json on the variant's run,
+    plus the pyfunc model logged from the passing export (`mlflow_model_id` in the result). When the
+    export fails its check, the failure is logged, the run is marked FAILED and the ExportError
+    propagates; other errors (say, no model.pt yet) leave the run alone.
     """
     from textrnn.export import ExportError, export_variant, report_path
 
@@ -83,13 +84,15 @@ def export_step(cfg: Config, variant: str) -> dict[str, Any]:
     if tracking is None:
         return export_variant(cfg, variant)
     cfg.variant(variant)
+    tracking.connect(cfg)  # an unreachable server fails before the work, not after it
     report_file = report_path(cfg.paths.model_dir(variant))
-    with tracking.variant_run(cfg, variant, stage="export") as run_id:
-        try:
-            report = export_variant(cfg, variant)
-        except ExportError as error:
+    try:
+        report = export_variant(cfg, variant)
+    except ExportError as error:
+        with tracking.variant_run(cfg, variant, stage="export"):
             tracking.log_export({**error.report, "passed": False}, report_file)
-            raise
+            raise  # inside the run: mlflow marks it FAILED
+    with tracking.variant_run(cfg, variant, stage="export") as run_id:
         tracking.log_export(report, report_file)
         model_id = tracking.log_model(cfg, variant)
     return {**report, "mlflow_run_id": run_id, "mlflow_model_id": model_id}
@@ -99,7 +102,8 @@ def evaluate_step(cfg: Config, variant: str, device: str = "auto") -> dict[str, 
     """Evaluate the exported `variant` on the test split; returns eval.json's content.
 
     Tracked: `test_accuracy`, `test_macro_f1`, `inference_latency_ms_b1`, the onnxruntime provider tag,
-    the test dataset input, eval.json and the confusion-matrix and learning-curve plots.
+    the test dataset input, eval.json and the confusion-matrix and learning-curve plots, logged once the
+    evaluation succeeded.
     """
     from textrnn.evaluate import evaluate_variant
 
@@ -107,8 +111,9 @@ def evaluate_step(cfg: Config, variant: str, device: str = "auto") -> dict[str, 
     if tracking is None:
         return evaluate_variant(cfg, variant, device=device)
     cfg.variant(variant)
+    tracking.connect(cfg)  # an unreachable server fails before the work, not after it
+    report = evaluate_variant(cfg, variant, device=device)
     with tracking.variant_run(cfg, variant, stage="evaluate") as run_id:
-        report = evaluate_variant(cfg, variant, device=device)
         tracking.log_evaluation(cfg, variant, report)
     return {**report, "mlflow_run_id": run_id}
 

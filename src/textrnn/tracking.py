@@ -76,6 +76,7 @@ PROBE_TIMEOUT_S = 5.0
 CHAMPION = "champion"
 MODEL_NAME = "model"  # the pyfunc's name inside its run
 PROBABILITY_PREFIX = "prob_"
+INFERENCE_DEVICE = "inference_device"  # the pyfunc's model_config key: auto | cpu | cuda
 # The registry's dataset digest column holds 36 characters; the full sha256 goes in the input's tags.
 DIGEST_CHARS = 32
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
@@ -411,7 +412,27 @@ def _dataset_input(cfg: Config, split: str, digest: str) -> None:
             name=f"{cfg.data.source}-{split}",
             digest=digest[:DIGEST_CHARS],
         )
-        mlflow.log_input(dataset, context=SPLIT_CONTEXTS[split], tags={"sha256": digest})
+        _log_input_once_more_on_race(dataset, SPLIT_CONTEXTS[split], {"sha256": digest})
+
+
+# What the store says when two runs create the same dataset row at once (sqlite, PostgreSQL, MySQL).
+_DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry", "IntegrityError")
+
+
+def _log_input_once_more_on_race(dataset: Any, context: str, tags: dict[str, str]) -> None:
+    """`mlflow.log_input`, retried once when another run inserted the same dataset concurrently.
+
+    The tracking store checks for an existing dataset row and then inserts it, without a lock: variants
+    logging the same split at the same moment (Prefect's concurrent variants, or two workers) collide on
+    the unique key. The row now exists, so the second attempt links to it.
+    """
+    try:
+        mlflow.log_input(dataset, context=context, tags=tags)
+    except MlflowException as error:
+        if not any(marker in str(error) for marker in _DUPLICATE_ROW):
+            raise
+        time.sleep(0.2)
+        mlflow.log_input(dataset, context=context, tags=tags)
 
 
 def log_datasets(cfg: Config, splits: Sequence[str]) -> None:
@@ -423,7 +444,9 @@ def log_datasets(cfg: Config, splits: Sequence[str]) -> None:
 
 
 def log_training_inputs(cfg: Config, variant: str) -> None:
-    """Before training: the train/val datasets, the tokenizer and the bucket statistics."""
+    """Before training: the variant's params (a resumed run warns about changed ones), the train/val
+    datasets, the tokenizer and the bucket statistics."""
+    _log_params(MlflowClient(), mlflow.active_run().info.run_id, variant_params(cfg, variant))
     log_datasets(cfg, ["train", "val"])
     _log_artifact_if_exists(cfg.paths.tokenizer, "tokenizer")
     _log_artifact_if_exists(cfg.paths.encoded / "buckets.json", "data")
@@ -507,14 +530,14 @@ class TextClassifierModel(mlflow.pyfunc.PythonModel):
     """A textrnn variant as an MLflow pyfunc: raw texts in, label + per-class probabilities out.
 
     Runs through `textrnn.inference.OnnxClassifier` on the bundled `model.onnx` and `tokenizer.json`
-    (class names live in the graph's metadata). `model_config={"device": "cpu"|"cuda"|"auto"}` picks
-    the onnxruntime device (default auto: CUDA when it really comes up, else CPU).
+    (class names live in the graph's metadata). `model_config={"inference_device": "cpu"|"cuda"|"auto"}`
+    picks the onnxruntime device (default auto: CUDA when it really comes up, else CPU).
     """
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         from textrnn.inference import OnnxClassifier
 
-        device = (context.model_config or {}).get("device", "auto")
+        device = (context.model_config or {}).get(INFERENCE_DEVICE, "auto")
         self.classifier = OnnxClassifier(context.artifacts["tokenizer"], context.artifacts["onnx_model"], device=device)
 
     # `pd.DataFrame` is what schema enforcement hands us for every accepted input (a list of strings
@@ -571,7 +594,9 @@ def log_model(cfg: Config, variant: str) -> str:
         input_example=example,
         pip_requirements=pip_requirements(),
         metadata={"variant": variant, "classes": list(classifier.classes)},
-        model_config={"device": "auto"},
+        # Declared so load_model(model_config=...) may override it; mlflow also shows it as a run param,
+        # hence a name that cannot be mistaken for the training device tag.
+        model_config={INFERENCE_DEVICE: "auto"},
     )
     mlflow.set_tag("model_id", info.model_id)
     return info.model_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +33,8 @@ from textrnn.runtime import progress_bar, resolve_device, seed_everything
 from textrnn.tokens import EncodedSplit, load_tokenizer, split_path
 
 log = logging.getLogger("textrnn")
+
+_INIT_LOCK = threading.Lock()
 
 EpochCallback = Callable[[str, dict[str, float]], None]
 """Called after every epoch with (variant name, that epoch's metrics)."""
@@ -173,12 +176,16 @@ def train_variant(
     bit for bit on CPU. Returns the summary also written to `metrics/<variant>/train.json`.
     """
     variant = cfg.variant(variant_name)
-    seed_everything(cfg.seed, cfg.train.threads)
     device = resolve_device(cfg.train.device)
     train_split = EncodedSplit.load(split_path(cfg.paths.encoded, "train"))
     val_split = EncodedSplit.load(split_path(cfg.paths.encoded, "val"))
     vocab_size = load_tokenizer(cfg.paths.tokenizer).get_vocab_size()
-    model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
+    # Initial weights come from torch's global generator. Variants trained side by side in threads (the
+    # Prefect flow's local mode) would interleave their draws, so seeding and building are one critical
+    # section on a forked generator: a variant gets the same weights alone or next to others.
+    with _INIT_LOCK, torch.random.fork_rng():
+        seed_everything(cfg.seed, cfg.train.threads)
+        model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
     optimizer = _make_optimizer(model, cfg, device)
     sampler = BucketBatchSampler(
         train_split.texts.lengths, variant.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
