@@ -10,7 +10,6 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 DEMO_PARAMS := --set data.source=sample
-VARIANTS := $(shell $(PYTHON) -c "import yaml; print(' '.join(yaml.safe_load(open('params.yaml'))['variants']))" 2>/dev/null || echo rnn rnn_masked lstm gru bilstm bag)
 
 .PHONY: demo test install clean
 
@@ -25,17 +24,57 @@ $(BIN)/textrnn: pyproject.toml
 install: $(BIN)/textrnn
 
 demo: install
-	$(BIN)/textrnn prepare $(DEMO_PARAMS)
-	$(BIN)/textrnn encode $(DEMO_PARAMS)
-	for variant in $(VARIANTS); do \
-	  $(BIN)/textrnn train --variant $$variant $(DEMO_PARAMS) || exit 1; \
-	  $(BIN)/textrnn export --variant $$variant $(DEMO_PARAMS) || exit 1; \
-	  $(BIN)/textrnn evaluate --variant $$variant $(DEMO_PARAMS) || exit 1; \
-	done
-	$(BIN)/textrnn compare $(DEMO_PARAMS)
+	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/textrnn pipeline $(DEMO_PARAMS)
 
 test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf data artifacts models metrics plots mlruns mlartifacts mlflow.db .cache
+	rm -rf data artifacts models metrics plots mlruns mlartifacts mlflow.db .cache .prefect
+
+# ---- Prefect: a local server, workers and the deployments in prefect.yaml ("Run on a schedule") ----
+# `make prefect-server` in one terminal, `make deploy` once, then one `make worker` per pool (and per GPU).
+PREFECT_PORT ?= 4200
+PREFECT_API_URL ?= http://127.0.0.1:$(PREFECT_PORT)/api
+POOL ?= gpu
+GPU ?=
+WORKER_NAME ?= $(POOL)-$(shell hostname -s)$(if $(GPU),-gpu$(GPU))
+# Where workers find this checkout (prefect.yaml's working_dir); resolved when deploying.
+TEXTRNN_HOME ?= $(CURDIR)
+
+.PHONY: prefect-server worker deploy
+
+prefect-server: install
+	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+# One flow run at a time per worker (--limit 1); a gpu worker also takes turns on its GPU through the
+# global concurrency limit `gpu:<worker name>` that train-variant holds, created here if missing.
+worker: install
+	export PREFECT_API_URL=$(PREFECT_API_URL); \
+	if [ "$(POOL)" = gpu ]; then \
+	  $(BIN)/prefect gcl inspect "gpu:$(WORKER_NAME)" >/dev/null 2>&1 || \
+	    $(BIN)/prefect --no-prompt gcl create "gpu:$(WORKER_NAME)" --limit 1 || exit 1; \
+	fi; \
+	$(if $(GPU),CUDA_VISIBLE_DEVICES=$(GPU)) $(BIN)/prefect worker start --pool $(POOL) --type process \
+	  --name $(WORKER_NAME) --limit 1
+
+deploy: install
+	export PREFECT_API_URL=$(PREFECT_API_URL) TEXTRNN_HOME=$(TEXTRNN_HOME); \
+	for pool in cpu gpu; do \
+	  $(BIN)/prefect work-pool inspect $$pool >/dev/null 2>&1 || \
+	    $(BIN)/prefect --no-prompt work-pool create $$pool --type process || exit 1; \
+	done; \
+	$(BIN)/prefect --no-prompt deploy --all
+
+# ---- Benchmarks (issue 8): not part of `make test`; tensorflow-cpu comes only with the `bench` extra ----
+# Every figure uses BENCH_THREADS threads on both sides; results land in bench/results/.
+BENCH_THREADS ?= 2
+BENCH_EPOCHS ?= 2
+
+.PHONY: bench
+
+bench: install
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python bench/train_throughput.py --threads $(BENCH_THREADS)
+	$(BIN)/python bench/inference.py --threads $(BENCH_THREADS)
+	$(BIN)/python bench/compare.py --threads $(BENCH_THREADS) --epochs $(BENCH_EPOCHS)
