@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from textrnn.config import Config
+from textrnn.files import write_json
 
 
 def _tracking(cfg: Config):
@@ -53,15 +54,15 @@ def train_step(
 
     Tracked: a new run for the variant (nested under `parent_run_id`, `TEXTRNN_MLFLOW_PARENT_RUN_ID` or
     the DVC experiment's run), with params, tags, dataset inputs, per-epoch metrics and train.json;
-    `resume` continues the recorded run instead. Untracked: a stale `mlflow_run.json` is removed, so a
-    later tracked step never logs into the run of a model that no longer exists.
+    `resume` continues the recorded run instead. Untracked: `mlflow_run.json` records no run (it is a DVC
+    output either way), so a later tracked step never logs into the run of a model that no longer exists.
     """
     from textrnn.train import train_variant
 
     tracking = _tracking(cfg)
     if tracking is None:
         cfg.variant(variant)
-        (cfg.paths.model_dir(variant) / "mlflow_run.json").unlink(missing_ok=True)
+        write_json(cfg.paths.model_dir(variant) / "mlflow_run.json", {"run_id": None, "tracking_uri": None})
         return train_variant(cfg, variant, resume=resume, show_progress=show_progress)
     with tracking.variant_run(cfg, variant, stage="train", parent_run_id=parent_run_id, new=not resume) as run_id:
         tracking.log_training_inputs(cfg, variant)

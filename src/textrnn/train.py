@@ -135,8 +135,10 @@ def model_path(cfg: Config, variant_name: str) -> Path:
 
 
 def _save_torch(payload: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Through a file object: torch.save names the zip archive after a path it is given, and the temporary
+    # name would make two identical models differ byte for byte.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def save_model(model: TextRNN, state_dict: dict[str, torch.Tensor], classes: tuple[str, ...], path: Path) -> None:
