@@ -78,3 +78,16 @@ bench: install
 	$(BIN)/python bench/train_throughput.py --threads $(BENCH_THREADS)
 	$(BIN)/python bench/inference.py --threads $(BENCH_THREADS)
 	$(BIN)/python bench/compare.py --threads $(BENCH_THREADS) --epochs $(BENCH_EPOCHS)
+
+# ---- Scale-out smoke test (issue 7): the team stack's engines, without Docker ----
+# PostgreSQL from the Debian package (installed here when missing, as in .ci/run), MLflow and Prefect servers
+# on it, a cpu and two gpu process workers; nightly-train on three variants, then again while one gpu worker
+# is killed mid-run. Five to seven minutes on a busy 2-core machine; every process it starts is stopped.
+.PHONY: scale-out-smoke
+
+scale-out-smoke: install
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+	  echo "installing PostgreSQL (Debian package postgresql)"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
+	$(BIN)/python -m pytest -q tests/test_scale_out.py

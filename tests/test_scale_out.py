@@ -1,0 +1,468 @@
+"""Scale-out smoke test: the team stack of infra/docker-compose.yml, without Docker, on the same engines.
+
+PostgreSQL from the Debian server binaries (a throwaway cluster on 127.0.0.1, created by the same
+infra/postgres/init-databases.sh that compose mounts), an MLflow tracking server on its `mlflow` database
+with proxied artifacts (`--serve-artifacts`: clients get only `mlflow-artifacts:` URIs), a Prefect server
+on its `prefect` database, work pools `cpu` and `gpu`, one `cpu` worker and two `gpu` process workers, and
+prefect.yaml deployed with `prefect --no-prompt deploy --all`. Then:
+
+1. `nightly-train` in distributed mode, three variants: each variant is its own `train-variant` flow run,
+   spread over both GPU workers; every MLflow run and registry version is in PostgreSQL (read through the
+   MLflow client and straight from the `mlflow` database), and the champion alias is set.
+2. `nightly-train` again with another learning rate, and one GPU worker dies mid-run: once a variant's
+   flow run is Running on it and has sent its first heartbeat, the worker and the flow-run process it
+   started (which Prefect puts in a session of its own) are SIGKILLed, as when a machine dies. The
+   zombie automation (flows/resilience.py) marks that run Crashed when its heartbeats stop, the pipeline
+   submits the variant again, the surviving worker trains it and the other variants, and the run completes.
+
+Every process is started in its own session and stopped by its process group; the flow-run processes the
+workers started are found through the process tree and stopped too; PostgreSQL stops with
+`pg_ctl stop -m fast`. Reuses the Prefect stack helpers of test_prefect_integration and the servers of
+mlflow_server. Run it alone with `make scale-out-smoke`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import postgres_server
+from conftest import REPO_ROOT
+from mlflow_server import Server, free_port, start_tracking_server
+from test_prefect_integration import (
+    BIN,
+    GPU_WORKERS,
+    MODEL_NAME,
+    Stack,
+    _client_env,
+    _pipeline_overrides,
+    _wait_for_http,
+    _worker_args,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.scale_out]
+
+VARIANTS = ["bag", "gru", "rnn_masked"]
+NIGHTLY = "training-pipeline/nightly-train"
+# Seconds: generous for a busy 2-core runner, where the whole module takes five to seven minutes.
+SERVER_START_S = 180
+FIRST_RUN_S = 300
+RESILIENCE_RUN_S = 360
+# The zombie window for this test: two missed 30 s heartbeats instead of the default three.
+ZOMBIE_AFTER_S = 60
+
+
+def _roles() -> dict[str, str]:
+    """The init script's variables, as in infra/.env, with fresh passwords (of the characters it allows)."""
+    return {
+        "MLFLOW_DB_NAME": "mlflow", "MLFLOW_DB_USER": "mlflow",
+        "MLFLOW_DB_PASSWORD": f"mlflow-{secrets.token_hex(12)}",
+        "PREFECT_DB_NAME": "prefect", "PREFECT_DB_USER": "prefect",
+        "PREFECT_DB_PASSWORD": f"prefect-{secrets.token_hex(12)}",
+    }
+
+
+# ------------------------------------------------------------------------------------- processes
+
+
+def _descendants(pid: int) -> list[Any]:
+    """The live processes below `pid` (psutil.Process objects), deepest last; [] when `pid` is gone."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _kill_tree(processes: list[Any]) -> None:
+    """SIGKILL each process's group (a flow-run process leads its own session), never our own group."""
+    import psutil
+
+    own_group = os.getpgid(0)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess, PermissionError):
+            group = os.getpgid(process.pid)
+            if group != own_group:
+                os.killpg(group, signal.SIGKILL)
+            else:
+                process.kill()
+
+
+@dataclass
+class ScaleOutStack:
+    """The started services, a `Stack` of Prefect processes, and how to reach the databases."""
+
+    stack: Stack
+    cluster: postgres_server.Cluster
+    roles: dict[str, str]
+    mlflow: Server
+    artifacts: Path
+
+    def sql(self, service: str, query: str, *args: Any) -> list[tuple]:
+        """Rows of `query` on the service's database, connected over TCP as the service's own role."""
+        import psycopg2
+
+        upper = service.upper()
+        connection = psycopg2.connect(
+            host="127.0.0.1", port=self.cluster.port, dbname=self.roles[f"{upper}_DB_NAME"],
+            user=self.roles[f"{upper}_DB_USER"], password=self.roles[f"{upper}_DB_PASSWORD"], connect_timeout=10,
+        )
+        try:
+            with connection, connection.cursor() as cursor:
+                cursor.execute(query, args)
+                return cursor.fetchall()
+        finally:
+            connection.close()
+
+    def logs(self, lines: int = 40) -> str:
+        return (f"{self.stack.logs(lines)}\n--- mlflow\n{self.mlflow.log_tail(lines)}\n"
+                f"--- postgres\n{self.cluster.log_tail(lines)}")
+
+
+def _stop_with_descendants(stop: Any, processes: list[Any]) -> None:
+    """`stop()` the process groups we started, then SIGKILL what is left below them: the flow-run
+    processes that workers start live in sessions of their own, so they are found before their workers go.
+    `processes` are Popen objects; one already reaped is skipped (its PID may belong to someone else now)."""
+    tree = [child for process in processes if process.poll() is None for child in _descendants(process.pid)]
+    try:
+        stop()
+    finally:
+        _kill_tree([child for child in tree if child.is_running()])
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOutStack]:
+    """PostgreSQL + MLflow and Prefect servers on it + pools, limits, deployments, 1 cpu and 2 gpu workers."""
+    if not postgres_server.available():
+        pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
+    root = tmp_path_factory.mktemp("scale-out")
+    roles = _roles()
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    with contextlib.ExitStack() as cleanup:  # every callback runs, last registered first, even if one raises
+        cluster = postgres_server.start_cluster()
+        cleanup.callback(cluster.stop)
+        postgres_server.init_databases(cluster, roles)
+
+        stack = Stack(root=root, env=_client_env(root, api_url, ""), api_url=api_url, mlflow_url="")
+        cleanup.callback(lambda: _stop_with_descendants(stack.stop, list(stack.processes.values())))
+        prefect_db = cluster.url("postgresql+asyncpg", roles["PREFECT_DB_USER"], roles["PREFECT_DB_PASSWORD"],
+                                 roles["PREFECT_DB_NAME"])
+        # Prefect migrates its database while MLflow migrates its own.
+        stack.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                    PREFECT_API_DATABASE_CONNECTION_URL=prefect_db)
+        mlflow = start_tracking_server(
+            root / "mlflow", timeout_s=SERVER_START_S,
+            backend_store_uri=cluster.url("postgresql+psycopg2", roles["MLFLOW_DB_USER"],
+                                          roles["MLFLOW_DB_PASSWORD"], roles["MLFLOW_DB_NAME"]),
+        )
+        cleanup.callback(_stop_with_descendants, mlflow.stop, [mlflow.process])
+        stack.mlflow_url = mlflow.url
+        stack.env = _client_env(root, api_url, mlflow.url)
+        _wait_for_http(f"{api_url}/health", stack.processes["server"], SERVER_START_S, stack)
+
+        for pool in ("cpu", "gpu"):
+            stack.prefect("work-pool", "create", pool, "--type", "process")
+        for worker in GPU_WORKERS:
+            stack.prefect("gcl", "create", f"gpu:{worker}", "--limit", "1")
+        stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(REPO_ROOT))
+        # The zombie automation (the pipeline creates it when missing), then this test's shorter window.
+        _run_python(stack, "-m", "flows.resilience")
+        _run_python(stack, "-m", "flows.resilience", "--within", str(ZOMBIE_AFTER_S))
+        stack.start("cpu-worker", _worker_args("cpu", "cpu-worker"), CUDA_VISIBLE_DEVICES="")
+        for worker in GPU_WORKERS:
+            stack.start(worker, _worker_args("gpu", worker), CUDA_VISIBLE_DEVICES="")
+        yield ScaleOutStack(stack=stack, cluster=cluster, roles=roles, mlflow=mlflow,
+                            artifacts=root / "mlflow" / "artifacts")
+
+
+def _run_python(stack: Stack, *args: str) -> str:
+    result = subprocess.run([str(BIN / "python"), *args], capture_output=True, text=True, env=stack.env,
+                            cwd=REPO_ROOT, timeout=120)
+    assert result.returncode == 0, f"python {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+# ------------------------------------------------------------------------------------ pipeline runs
+
+
+@dataclass
+class PipelineRun:
+    """A nightly-train flow run, its train-variant flow runs (every attempt), and their rows by variant."""
+
+    flow_run: Any
+    variant_runs: list[Any]
+    rows: dict[str, dict]
+    killed: dict[str, Any] | None = None
+
+
+def _prefect_client(team: ScaleOutStack):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    @contextlib.contextmanager
+    def client() -> Iterator[Any]:
+        with temporary_settings({PREFECT_API_URL: team.stack.api_url}), get_client(sync_client=True) as c:
+            yield c
+
+    return client()
+
+
+def _start_nightly(team: ScaleOutStack, workdir: Path, *extra: str) -> str:
+    """`prefect deployment run` nightly-train on VARIANTS with small settings; returns the flow run's name."""
+    name = f"scale-out-{uuid.uuid4().hex[:8]}"
+    overrides = [*_pipeline_overrides(workdir), "data.sample.train_rows=800", *extra]
+    parameters = {"params": "params.yaml", "variants": VARIANTS, "overrides": overrides}
+    team.stack.prefect("deployment", "run", NIGHTLY, "--params", json.dumps(parameters), "--flow-run-name", name)
+    return name
+
+
+def _pipeline_run(client: Any, name: str) -> Any | None:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+    return runs[0] if runs else None
+
+
+def _variant_runs(client: Any, pipeline_id: Any) -> list[Any]:
+    """Every train-variant flow run the pipeline started, oldest first."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[pipeline_id])),
+        sort=FlowRunSort.START_TIME_ASC,
+    )
+
+
+def _finish(client: Any, team: ScaleOutStack, name: str, timeout_s: float,
+            on_poll: Any = None) -> PipelineRun:
+    """Poll until the pipeline run is final (calling `on_poll(client, pipeline)` meanwhile); collect its runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pipeline = _pipeline_run(client, name)
+        if pipeline is not None and pipeline.state is not None and pipeline.state.is_final():
+            variant_runs = [run for run in _variant_runs(client, pipeline.id) if run.name.startswith("train-")]
+            rows = {run.state.result()["variant"]: run.state.result()
+                    for run in variant_runs if run.state.is_completed()}
+            return PipelineRun(flow_run=pipeline, variant_runs=variant_runs, rows=rows)
+        if pipeline is not None and on_poll is not None:
+            on_poll(client, pipeline)
+        time.sleep(1)
+    raise AssertionError(f"{name} did not finish within {timeout_s:.0f} s:\n{team.logs(60)}")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("scale-out-ws")
+
+
+@pytest.fixture(scope="module")
+def first_run(team: ScaleOutStack, workdir: Path) -> PipelineRun:
+    name = _start_nightly(team, workdir)
+    with _prefect_client(team) as client:
+        return _finish(client, team, name, FIRST_RUN_S)
+
+
+@dataclass
+class Killer:
+    """Kills one GPU worker, and what it started, once a variant's flow run is Running on it and has beaten."""
+
+    team: ScaleOutStack
+    killed: dict[str, Any] | None = None
+
+    def _worker_of(self, pid: int) -> str | None:
+        for worker in GPU_WORKERS:
+            if any(child.pid == pid for child in _descendants(self.team.stack.processes[worker].pid)):
+                return worker
+        return None
+
+    def __call__(self, client: Any, pipeline: Any) -> None:
+        if self.killed is not None:
+            return
+        from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+        for run in _variant_runs(client, pipeline.id):
+            if not (run.state and run.state.is_running() and run.infrastructure_pid):
+                continue
+            pid = int(str(run.infrastructure_pid).rsplit(":", 1)[-1])
+            worker = self._worker_of(pid)
+            if worker is None:
+                continue
+            # Prefect's zombie detection starts from a flow run's first heartbeat: wait for it to be recorded.
+            beats = client.read_events(EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                                                   resource=EventResourceFilter(id=[f"prefect.flow-run.{run.id}"])),
+                                       limit=1)
+            if not beats.events:
+                continue
+            process = self.team.stack.processes[worker]
+            tree = _descendants(process.pid)
+            os.killpg(process.pid, signal.SIGKILL)  # the worker's own process group
+            _kill_tree(tree)  # the flow-run process (its own session) and anything below it
+            process.wait(timeout=30)
+            self.killed = {"worker": worker, "flow_run_id": run.id, "variant": run.parameters["variant"],
+                           "flow_run_process": next(child for child in tree if child.pid == pid),
+                           "at": datetime.now(timezone.utc)}
+            return
+
+
+@pytest.fixture(scope="module")
+def resilience_run(team: ScaleOutStack, workdir: Path, first_run: PipelineRun) -> PipelineRun:
+    """nightly-train again (another learning rate: new training, cached data), killing a GPU worker mid-run."""
+    name = _start_nightly(team, workdir, "train.learning_rate=0.002")
+    killer = Killer(team)
+    with _prefect_client(team) as client:
+        run = _finish(client, team, name, RESILIENCE_RUN_S, on_poll=killer)
+    run.killed = killer.killed
+    return run
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+def test_services_keep_their_state_in_postgres(team: ScaleOutStack) -> None:
+    # Each service created its schema in its own database, through its own role over TCP.
+    assert team.sql("mlflow", "SELECT count(*) FROM alembic_version")[0][0] == 1
+    assert team.sql("prefect", "SELECT count(*) FROM alembic_version")[0][0] == 1
+    deployments = {row[0] for row in team.sql("prefect", "SELECT name FROM deployment")}
+    assert {"nightly-train", "train-variant", "batch-predict"} <= deployments
+    with _prefect_client(team) as client:
+        automations = client.read_automations()
+    assert [automation.name for automation in automations] == ["textrnn: crash zombie flow runs"]
+    assert automations[0].trigger.within.total_seconds() == ZOMBIE_AFTER_S  # updated in place, not duplicated
+
+
+def test_nightly_run_completes_with_variants_on_both_gpu_workers(first_run: PipelineRun, team: ScaleOutStack) -> None:
+    assert first_run.flow_run.state.is_completed(), f"{first_run.flow_run.state}:\n{team.logs(80)}"
+    runs = first_run.variant_runs
+    assert sorted(run.name for run in runs) == sorted(f"train-{variant}" for variant in VARIANTS)
+    assert all(run.state.is_completed() and run.work_pool_name == "gpu" for run in runs)
+    assert len({run.infrastructure_pid for run in runs}) == len(VARIANTS)
+    assert {row["worker"] for row in first_run.rows.values()} == set(GPU_WORKERS), first_run.rows
+    # The flow runs are in Prefect's Postgres database.
+    ids = [str(run.id) for run in [first_run.flow_run, *runs]]
+    states = team.sql("prefect", "SELECT state_type FROM flow_run WHERE id::text = ANY(%s)", ids)
+    assert [state for (state,) in states] == ["COMPLETED"] * len(ids)
+
+
+def test_runs_and_versions_are_in_the_postgres_backed_mlflow(first_run: PipelineRun, team: ScaleOutStack) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(team.mlflow.url)
+    rows = first_run.rows
+    assert sorted(rows) == sorted(VARIANTS)
+    run_ids = [row["mlflow_run_id"] for row in rows.values()]
+    for variant, row in rows.items():
+        run = client.get_run(row["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.tags["variant"] == variant
+        # Proxied artifacts: the client only ever sees the server's URI scheme.
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+        version = client.get_model_version(MODEL_NAME, row["model_version"])
+        assert version.run_id == row["mlflow_run_id"]
+
+    # The same, straight from the `mlflow` database: the backend store is PostgreSQL.
+    stored = team.sql("mlflow", "SELECT run_uuid, status FROM runs WHERE run_uuid = ANY(%s)", run_ids)
+    assert sorted(stored) == sorted((run_id, "FINISHED") for run_id in run_ids)
+    versions = team.sql("mlflow", "SELECT version::text, run_id FROM model_versions WHERE name = %s", MODEL_NAME)
+    assert sorted(versions) == sorted((row["model_version"], row["mlflow_run_id"]) for row in rows.values())
+    # And the artifacts went through the server to its --artifacts-destination.
+    assert list(team.artifacts.rglob("model.onnx")), f"no model.onnx under {team.artifacts}"
+
+
+def test_champion_alias_is_set(first_run: PipelineRun, team: ScaleOutStack) -> None:
+    from mlflow.tracking import MlflowClient
+
+    champion = MlflowClient(team.mlflow.url).get_model_version_by_alias(MODEL_NAME, "champion")
+    assert champion.version in {row["model_version"] for row in first_run.rows.values()}
+    aliases = team.sql("mlflow", "SELECT alias, version::text FROM registered_model_aliases WHERE name = %s",
+                       MODEL_NAME)
+    assert aliases == [("champion", champion.version)]
+
+
+def test_pipeline_completes_after_a_gpu_worker_is_killed(resilience_run: PipelineRun, team: ScaleOutStack) -> None:
+    killed = resilience_run.killed
+    assert killed is not None, f"no variant flow run was seen Running on a GPU worker:\n{team.logs(60)}"
+    survivor = next(worker for worker in GPU_WORKERS if worker != killed["worker"])
+    assert team.stack.processes[killed["worker"]].returncode == -signal.SIGKILL
+    assert team.stack.processes[survivor].poll() is None
+    assert _gone(killed["flow_run_process"]), "the killed worker's flow-run process survived"
+
+    assert resilience_run.flow_run.state.is_completed(), f"{resilience_run.flow_run.state}:\n{team.logs(80)}"
+    by_id = {run.id: run for run in resilience_run.variant_runs}
+    dead = by_id[killed["flow_run_id"]]
+    # Marked Crashed by the zombie automation once its heartbeats stopped, within the window...
+    assert dead.state.is_crashed(), dead.state
+    assert "missing heartbeats" in (dead.state.message or ""), dead.state.message
+    detected_after = (dead.state.timestamp - killed["at"]).total_seconds()
+    assert 0 < detected_after <= ZOMBIE_AFTER_S + 30, detected_after
+    # ...then the same variant was submitted again and trained by the surviving worker.
+    again = [run for run in resilience_run.variant_runs
+             if run.parameters["variant"] == killed["variant"] and run.id != dead.id]
+    assert len(again) == 1 and again[0].state.is_completed(), [(run.name, run.state) for run in again]
+    assert sorted(resilience_run.rows) == sorted(VARIANTS)
+    # Every variant of this run finished on the survivor: the other worker was dead before any could end.
+    assert {row["worker"] for row in resilience_run.rows.values()} == {survivor}
+    assert len(resilience_run.variant_runs) == len(VARIANTS) + 1
+    # No live run was taken for a zombie: only the killed one was ever Crashed.
+    ids = [str(run.id) for run in [resilience_run.flow_run, *resilience_run.variant_runs]]
+    crashed = team.sql("prefect", "SELECT flow_run_id::text FROM flow_run_state "
+                                  "WHERE type = 'CRASHED' AND flow_run_id::text = ANY(%s)", ids)
+    assert crashed == [(str(dead.id),)]
+
+
+def test_flow_runs_beat_every_30_seconds(resilience_run: PipelineRun, team: ScaleOutStack) -> None:
+    """prefect.yaml's PREFECT_FLOWS_HEARTBEAT_FREQUENCY reaches the flow runs (Prefect's default is 180 s, which
+    a 60 s zombie window would take for dead). The pipeline run outlived the zombie window, so it beat twice."""
+    pipeline = resilience_run.flow_run
+    beats = [row[0] for row in team.sql(
+        "prefect", "SELECT occurred FROM events WHERE event = 'prefect.flow-run.heartbeat' AND resource_id = %s "
+                   "ORDER BY occurred", f"prefect.flow-run.{pipeline.id}")]
+    assert len(beats) >= 2, beats
+    gaps = [(later - earlier).total_seconds() for earlier, later in zip(beats, beats[1:])]
+    assert max(gaps) < 45, gaps
+
+
+def test_killed_run_is_retrained_into_mlflow_and_registered(resilience_run: PipelineRun, first_run: PipelineRun,
+                                                            team: ScaleOutStack) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(team.mlflow.url)
+    rows = resilience_run.rows
+    old_runs = {row["mlflow_run_id"] for row in first_run.rows.values()}
+    assert all(row["mlflow_run_id"] not in old_runs for row in rows.values()), "training was cached"
+    for row in rows.values():
+        assert client.get_run(row["mlflow_run_id"]).data.params["train.learning_rate"] == "0.002"
+    run_ids = [row["mlflow_run_id"] for row in rows.values()]
+    stored = team.sql("mlflow", "SELECT run_uuid FROM runs WHERE run_uuid = ANY(%s) AND status = 'FINISHED'",
+                      run_ids)
+    assert len(stored) == len(VARIANTS)
+    versions = team.sql("mlflow", "SELECT count(*) FROM model_versions WHERE name = %s", MODEL_NAME)
+    assert versions[0][0] == 2 * len(VARIANTS)
+    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    every_version = {row["model_version"] for row in [*first_run.rows.values(), *rows.values()]}
+    assert champion.version in every_version
+
+
+
+def _gone(process: Any) -> bool:
+    """Whether a psutil.Process has ended (a zombie waiting for its new parent to reap it counts as ended)."""
+    import psutil
+
+    try:
+        return not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
