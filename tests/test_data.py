@@ -70,7 +70,7 @@ def tree_hashes(directory: Path) -> dict[str, str]:
 
 def test_ag_news_format_joins_title_and_description_and_undoes_escapes(tmp_path):
     rows = [
-        ["3", "Wall St. Bears Claw Back", "Reuters - Short-sellers, Wall Street's dwindling\\band of ultra-cynics"],
+        ["3", "Markets Edge Up", "Brokers said - Traders, the street's shrinking\\band of optimists"],
         ["1", "Deal", "worth \\$36bn, it#39;s said. quot;Quoted. quot; AT amp;T \\\\Next paragraph"],
         ["4", "Title only", ""],
         ["2", "Multi\nline", "desc"],
@@ -79,7 +79,7 @@ def test_ag_news_format_joins_title_and_description_and_undoes_escapes(tmp_path)
     train, _, report = data.load_source(cfg.data, cfg.seed, cfg.paths.cache)
 
     assert train["text"].tolist() == [
-        "Wall St. Bears Claw Back Reuters - Short-sellers, Wall Street's dwindling band of ultra-cynics",
+        "Markets Edge Up Brokers said - Traders, the street's shrinking band of optimists",
         'Deal worth $36bn, it\'s said."Quoted." AT&T Next paragraph',
         "Title only",
         "Multi line desc",
