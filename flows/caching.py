@@ -29,14 +29,11 @@ from textrnn.files import read_json, sha256_file, write_json
 SOURCE_DIR = Path(textrnn.__file__).resolve().parent
 # Where a step's persisted results and cache records live, under the workspace's `paths.cache`.
 RESULTS_SUBDIR = "prefect-results"
-# Every variant's batch size (encode measures bucketing at each), not the rest of the variants.
-BATCH_SIZES = "variants.*.batch_size"
-
 # The params.yaml keys each step reads; `{variant}` is the variant the step runs. A tracked train
 # reads `data` and `tokenizer` whole because it logs the full config to the variant's MLflow run.
 STEP_KEYS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "data", "paths.prepared", "paths.cache"),
-    "encode": ("seed", "tokenizer", "buckets", BATCH_SIZES, "paths.prepared", "paths.encoded", "paths.artifacts"),
+    "encode": ("seed", "tokenizer", "buckets", "paths.prepared", "paths.encoded", "paths.artifacts"),
     "train": ("seed", "data", "tokenizer", "buckets", "train", "variants.{variant}", "tracking", "paths.prepared",
               "paths.encoded", "paths.artifacts", "paths.models", "paths.metrics"),
     "export": ("tracking", "paths.prepared", "paths.artifacts", "paths.models"),
@@ -73,8 +70,6 @@ def _digest(path: Path) -> str | None:
 def _value(dumped: dict[str, Any], key: str) -> Any:
     """The value at dotted `key` of a dumped config; `paths.*` made absolute (relative ones mean
     different files in different working directories)."""
-    if key == BATCH_SIZES:
-        return sorted({variant["batch_size"] for variant in dumped["variants"].values()})
     node: Any = dumped
     for part in key.split("."):
         node = node[part]

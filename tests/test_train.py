@@ -16,6 +16,7 @@ import torch
 
 from textrnn.config import Config
 from textrnn.evaluate import evaluate_variant
+from textrnn.export import export_variant
 from textrnn.train import checkpoint_path, model_path, train_variant
 
 from conftest import PARAMS, REPO_ROOT, SMALL_SAMPLE, make_config, path_overrides
@@ -37,6 +38,7 @@ def behaviour_results(tmp_path_factory: pytest.TempPathFactory, encoded_sample: 
     results = {}
     for variant in [*MASKED_RECURRENT, "bag"]:
         train_variant(cfg, variant)
+        export_variant(cfg, variant)  # evaluation runs the shipped ONNX model
         results[variant] = evaluate_variant(cfg, variant)["test_accuracy"]
     return results
 

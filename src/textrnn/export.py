@@ -196,20 +196,28 @@ def parity_check(
     """
     session = cpu_session(path)
     results = []
+    max_abs_logit = 0.0
     model.eval()
     for index, (batch, seq) in enumerate(shapes):
         token_ids, lengths = example_inputs(model.vocab_size, batch, seq, seed + index)
         with torch.no_grad():
             expected = model(token_ids, lengths).numpy()
         actual = session.run([OUTPUT_NAME], {"token_ids": token_ids.numpy(), "lengths": lengths.numpy()})[0]
+        max_abs_logit = max(max_abs_logit, float(np.abs(expected).max()))
         results.append({"batch": batch, "seq": seq, "lengths": lengths.tolist(), **compare_logits(expected, actual, atol)})
     max_abs_diff = max(result["max_abs_diff"] for result in results)
     argmax_equal = all(result["argmax_mismatches"] == 0 for result in results)
+    # `atol` holds for logits up to 1 in size; beyond that it scales with them. Two float32 kernels
+    # (MKL's RNN in torch, onnxruntime's) differ by a few ulps per step, so a trained model whose logits
+    # reach 20 legitimately differs by ~1e-5 after 200 recurrent steps; a wrong graph differs by far more.
+    tolerance = atol * max(1.0, max_abs_logit)
     return {
         "max_abs_diff": max_abs_diff,
         "argmax_equal": argmax_equal,
-        "passed": bool(max_abs_diff <= atol and argmax_equal),
+        "passed": bool(max_abs_diff <= tolerance and argmax_equal),
         "atol": atol,
+        "max_abs_logit": max_abs_logit,
+        "tolerance": tolerance,
         "export_example": list(EXPORT_EXAMPLE),
         "shapes": results,
     }
@@ -259,7 +267,7 @@ def _export_into(cfg: Config, variant_name: str, model_dir: Path) -> dict[str, A
         if not report["passed"]:
             raise ExportError(
                 f"{variant_name}: ONNX parity failed (max |logit diff| {report['max_abs_diff']:.3g} > "
-                f"{PARITY_ATOL:g} or argmax differs); see {report_path(model_dir)}",
+                f"{report['tolerance']:.3g} or argmax differs); see {report_path(model_dir)}",
                 report,
             )
         report["onnx_sha256"] = sha256_file(tmp)
