@@ -446,7 +446,7 @@ def markdown(report: dict[str, Any]) -> str:
     orch = report["orchestration"]
     if orch["measured"]:
         lines += [
-            f"Sample corpus ({orch['data']}), variants {', '.join(orch['variants'])}, {orch['epochs']} epoch(s), "
+            f"Data: {orch['data']}; variants {', '.join(orch['variants'])}, {orch['epochs']} epoch(s), "
             f"{cond['threads']} threads, wall seconds:",
             "",
             "| bare CLI stages | same stages in one process | `textrnn pipeline` (Prefect + MLflow) | pipeline - bare CLI | pipeline / bare CLI | pipeline - one process |",
@@ -455,6 +455,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{orch['overhead_seconds']:+.1f} | {orch['ratio']:.2f}x | {orch['overhead_vs_in_process_seconds']:+.1f} |",
             "",
             f"Bare: {orch['bare']}. One process: {orch['in_process']}. Pipeline: {orch['pipeline']}.",
+            *([f"", f"Note: {orch['note']}"] if orch.get("note") else []),
         ]
     else:
         lines.append(f"**{orch['reason']}.**")
