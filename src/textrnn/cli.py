@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,6 +48,9 @@ def main(
 ) -> None:
     """Configure quiet, structured logging: key=value lines on stderr, warnings only by default."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    # The libraries we drive log every run and task at INFO; read before they are imported, so set here.
+    for variable in ("PREFECT_LOGGING_LEVEL", "MLFLOW_LOGGING_LEVEL"):
+        os.environ.setdefault(variable, logging.getLevelName(level))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
     root = logging.getLogger("textrnn")
