@@ -169,3 +169,16 @@ def test_export_without_a_trained_model_is_one_clear_error(workspace: Path) -> N
         export_variant(cfg, "lstm")
     with pytest.raises(TextrnnError, match="unknown variant"):
         export_variant(cfg, "nope")
+
+
+def test_concurrent_exports_in_one_process_all_pass_parity(workspace: Path) -> None:
+    """The Prefect flow exports variants from threads of one process; torch's exporter keeps global state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = make_config(workspace)
+    names = ["rnn", "rnn_masked", "gru", "bag"]
+    for seed, name in enumerate(names):
+        save_untrained(cfg, name, seed)
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        reports = list(pool.map(lambda name: export_variant(cfg, name), names))
+    assert all(report["passed"] for report in reports), [r["max_abs_diff"] for r in reports]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,8 @@ EXPORT_EXAMPLE = (2, 5)
 # (batch, seq): batch 1, odd sizes, a large batch, and sequences up to the default max_len.
 PARITY_SHAPES = ((1, 1), (1, 37), (3, 9), (7, 23), (16, 64), (33, 200))
 PARITY_SEED = 1234
+
+_EXPORT_LOCK = threading.Lock()
 
 MODEL_FILE, TOKENIZER_FILE, REPORT_FILE = "model.onnx", "tokenizer.json", "export.json"
 
@@ -144,7 +147,10 @@ def write_onnx(model: TextRNN, path: Path, metadata: dict[str, str], opset: int 
     Raises ExportError if the exporter fails, the graph is invalid, or an input dim came out fixed.
     """
     try:
-        _trace_to_onnx(model, path, opset)
+        # torch.onnx.export keeps its state in module globals: two exports at once in one process (the
+        # Prefect flow's concurrent variants) corrupt each other, so exports take turns.
+        with _EXPORT_LOCK:
+            _trace_to_onnx(model, path, opset)
     except Exception as error:  # the exporter raises many types; the user needs one line
         raise ExportError(f"torch.onnx.export failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
     proto = onnx.load(str(path))
