@@ -168,6 +168,9 @@ def hermetic_env(base: Path, hook_dir: Path, import_log: Path) -> dict[str, str]
     return env
 
 
+PIPELINE_OUTPUTS = ("metrics/", "dvc.lock")
+
+
 def copy_working_tree(target: Path) -> None:
     """Every file git would see in the repository right now (tracked or untracked, not ignored)."""
     listing = subprocess.run(
@@ -175,6 +178,8 @@ def copy_working_tree(target: Path) -> None:
         cwd=REPO_ROOT, capture_output=True, check=True,
     ).stdout.decode().split("\0")
     for name in filter(None, listing):
+        if name.startswith(PIPELINE_OUTPUTS):
+            continue  # a local run's results (metrics/ is not git-ignored: DVC keeps metrics in git)
         source = REPO_ROOT / name
         if source.is_file():  # tracked files deleted in the working tree are skipped
             (target / name).parent.mkdir(parents=True, exist_ok=True)
