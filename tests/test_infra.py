@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from postgres_server import pg_bin
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
@@ -302,16 +303,8 @@ def test_helm_values_parse() -> None:
 # --- Postgres init script --------------------------------------------------------------------
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    return str(versions[-1]) if versions else None
-
-
 def test_postgres_init_script_creates_isolated_databases() -> None:
-    initdb, pg_ctl, psql = (_pg_bin(n) for n in ("initdb", "pg_ctl", "psql"))
+    initdb, pg_ctl, psql = (pg_bin(n) for n in ("initdb", "pg_ctl", "psql"))
     if not (initdb and pg_ctl and psql):
         pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
 
