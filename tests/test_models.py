@@ -96,3 +96,31 @@ def test_bag_ignores_pads_and_word_order() -> None:
     shuffled[0] = token_ids[0].flip(0)  # row 0 is full length: a reversal keeps the same bag
     with torch.no_grad():
         assert torch.allclose(model(token_ids, lengths), model(with_extra_pads(shuffled, 4), lengths), atol=1e-6)
+
+
+def first_token_task(rows: int, seq: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows whose label is their first token (ids 2-5), followed by `seq - 1` random distractors (6-29)."""
+    token_ids = torch.randint(6, 30, (rows, seq), generator=generator)
+    labels = torch.randint(0, CLASSES, (rows,), generator=generator)
+    token_ids[:, 0] = labels + 2
+    return token_ids, torch.full((rows,), seq), labels
+
+
+def test_a_masked_simple_rnn_remembers_its_first_token_across_sixty_steps() -> None:
+    """The recurrent initialisation keeps a plain tanh RNN's state and gradients alive along a row: with
+    PyTorch's default init this task stays at chance (~0.25) after the same 300 steps."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    variant = VariantConfig(cell="rnn", embed_dim=16, hidden=16, layers=1, bidirectional=False, masked=True, batch_size=32)
+    model = build_model(variant, 30, CLASSES)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        token_ids, lengths, labels = first_token_task(32, 60, generator)
+        loss = nn.functional.cross_entropy(model(token_ids, lengths), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    token_ids, lengths, labels = first_token_task(1000, 60, generator)
+    with torch.no_grad():
+        accuracy = (model(token_ids, lengths).argmax(1) == labels).float().mean().item()
+    assert accuracy > 0.9

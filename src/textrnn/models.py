@@ -27,6 +27,29 @@ EMBEDDING_INIT = 0.05
 _CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
+def init_recurrent(cell: nn.RNNBase) -> None:
+    """Start a cell as Keras starts the lesson's: Glorot-uniform input weights, orthogonal recurrent
+    weights, zero biases, and an LSTM's forget gate biased open (+1).
+
+    PyTorch's default, uniform ±1/sqrt(hidden) everywhere, gives a 16-unit SimpleRNN a recurrent matrix of
+    spectral radius ~0.6, so a state forgets all but the last few tokens and gradients vanish along the
+    row; an orthogonal matrix keeps both. On AG News this is worth ~0.1 validation accuracy for the masked
+    SimpleRNN after two epochs (bench/compare.py).
+    """
+    for name, parameter in cell.named_parameters():
+        if name.startswith("weight_ih"):
+            nn.init.xavier_uniform_(parameter)
+        elif name.startswith("weight_hh"):
+            nn.init.orthogonal_(parameter)
+        else:
+            nn.init.zeros_(parameter)
+    if isinstance(cell, nn.LSTM):
+        hidden = cell.hidden_size
+        with torch.no_grad():
+            # Gates are stacked (input, forget, cell, output); the two biases add, so one of them carries it.
+            cell.bias_ih_l0[hidden : 2 * hidden].fill_(1.0)
+
+
 def _gather_time(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values[b, index[b, t], :] for a [B, T, D] tensor and a [B, T] index."""
     return values.gather(1, index.unsqueeze(-1).expand(-1, -1, values.size(-1)))
@@ -70,8 +93,13 @@ class TextRNN(nn.Module):
                 )
                 for layer in range(variant.layers)
             )
+            for directions_of_layer in self.layers:
+                for recurrent in directions_of_layer:
+                    init_recurrent(recurrent)
             features = variant.hidden * directions
         self.head = nn.Linear(features, num_classes)
+        nn.init.xavier_uniform_(self.head.weight)  # Keras' Dense default, as the rest of the recipe
+        nn.init.zeros_(self.head.bias)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         embedded = self.embedding(token_ids)
