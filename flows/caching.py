@@ -135,7 +135,7 @@ def train_files(cfg: Config, variant: str) -> StepFiles:
         config={**config_slice(cfg, "train", variant), "variant": variant, **_tracking_target(cfg)},
         inputs=(*_encoded(cfg, ("train", "val")), cfg.paths.tokenizer,
                 *(_prepared(cfg, ("train", "val")) if cfg.tracking.enabled else ()),
-                *_sources("train", "models", "bucketing")),
+                *_sources("train", "models", "optim", "bucketing")),
         outputs=(model_dir / "model.pt", cfg.paths.metrics_dir(variant) / "train.json", *_run_record(cfg, variant)),
     )
 

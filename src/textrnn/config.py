@@ -109,6 +109,8 @@ class TrainConfig(_Frozen):
     epochs: int = Field(8, ge=1)
     learning_rate: float = Field(1e-3, gt=0.0)
     grad_clip: float = Field(1.0, gt=0.0)
+    # Sparse embedding gradients with SparseAdam (lazy Adam) for the table, dense Adam elsewhere (optim.py).
+    sparse_embedding: bool = True
     patience: int = Field(2, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = Field(None, ge=1)

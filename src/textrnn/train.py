@@ -29,6 +29,7 @@ from textrnn.config import Config, VariantConfig
 from textrnn.errors import TextrnnError
 from textrnn.files import atomic_path, write_json
 from textrnn.models import TextRNN, build_model
+from textrnn.optim import SplitAdam, clip_grad_norm, make_optimizer
 from textrnn.runtime import progress_bar, resolve_device, seed_everything
 from textrnn.tokens import EncodedSplit, load_tokenizer, split_path
 
@@ -87,7 +88,7 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def _train_epoch(
     model: TextRNN,
-    optimizer: torch.optim.Optimizer,
+    optimizer: SplitAdam,
     split: EncodedSplit,
     sampler: BucketBatchSampler,
     cfg: Config,
@@ -98,6 +99,7 @@ def _train_epoch(
     """One pass over the train split; returns (loss, accuracy, samples/s, padding efficiency)."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
+    parameters = list(model.parameters())
     batches = sampler.batches()
     task = progress.add_task(description, total=len(split.labels), rate=0.0)
     total_loss = correct = seen = 0
@@ -109,7 +111,7 @@ def _train_epoch(
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        clip_grad_norm(parameters, cfg.train.grad_clip)
         optimizer.step()
         total_loss += loss.item() * len(rows)
         correct += int((logits.argmax(1) == labels).sum())
@@ -118,12 +120,6 @@ def _train_epoch(
     seconds = time.perf_counter() - started
     progress.remove_task(task)
     return total_loss / seen, correct / seen, seen / seconds, padding_efficiency(split.texts.lengths, batches)
-
-
-def _make_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    # fused=True: one kernel for all parameters; on CPU it is 2-2.5x faster here because the
-    # 20,000-row embedding update dominates these small models.
-    return torch.optim.Adam(model.parameters(), lr=cfg.train.learning_rate, fused=True)
 
 
 def checkpoint_path(cfg: Config, variant_name: str) -> Path:
@@ -188,7 +184,7 @@ def train_variant(
     with _INIT_LOCK, torch.random.fork_rng():
         seed_everything(cfg.seed, cfg.train.threads)
         model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
-    optimizer = _make_optimizer(model, cfg, device)
+    optimizer = make_optimizer(model, cfg.train.learning_rate, cfg.train.sparse_embedding)
     sampler = BucketBatchSampler(
         train_split.texts.lengths, variant.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
         enabled=cfg.buckets.enabled,
@@ -199,7 +195,8 @@ def train_variant(
     ckpt = checkpoint_path(cfg, variant_name)
     if resume and ckpt.is_file():
         saved = torch.load(ckpt, map_location=device, weights_only=False)
-        if saved["variant"] != variant.model_dump() or saved["vocab_size"] != vocab_size:
+        if (saved["variant"] != variant.model_dump() or saved["vocab_size"] != vocab_size
+                or saved.get("sparse_embedding") != cfg.train.sparse_embedding):
             raise TextrnnError(f"{ckpt}: checkpoint is for another config of '{variant_name}'; train without --resume")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -237,7 +234,8 @@ def train_variant(
                 state["bad_epochs"] += 1
             _save_torch(
                 {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "variant": variant.model_dump(), "vocab_size": vocab_size, "state": state},
+                 "variant": variant.model_dump(), "vocab_size": vocab_size,
+                 "sparse_embedding": cfg.train.sparse_embedding, "state": state},
                 ckpt,
             )
             log.info("epoch variant=%s %s", variant_name, " ".join(f"{k}={v:.4g}" for k, v in asdict(metrics).items()))
