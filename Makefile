@@ -67,7 +67,8 @@ deploy: install
 	$(BIN)/prefect --no-prompt deploy --all
 
 # ---- Benchmarks (issue 8): not part of `make test`; tensorflow-cpu comes only with the `bench` extra ----
-# Every figure uses BENCH_THREADS threads on both sides; results land in bench/results/.
+# Every figure uses BENCH_THREADS threads on both sides; results land in bench/results/, and bench/readme.py
+# writes their tables into the README. Run it on an otherwise idle machine: other work skews every figure.
 BENCH_THREADS ?= 2
 BENCH_EPOCHS ?= 2
 
@@ -78,6 +79,7 @@ bench: install
 	$(BIN)/python bench/train_throughput.py --threads $(BENCH_THREADS)
 	$(BIN)/python bench/inference.py --threads $(BENCH_THREADS)
 	$(BIN)/python bench/compare.py --threads $(BENCH_THREADS) --epochs $(BENCH_EPOCHS)
+	$(BIN)/python bench/readme.py
 
 # ---- Scale-out smoke test (issue 7): the team stack's engines, without Docker ----
 # PostgreSQL from the Debian package (installed here when missing, as in .ci/run), MLflow and Prefect servers

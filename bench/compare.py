@@ -13,6 +13,10 @@ embedded sample corpus. Both sides get the same thread count: torch and onnxrunt
 TensorFlow intra-op on the peer; onnxruntime and TensorFlow inter-op 1. The orchestration overhead (`textrnn pipeline`, i.e. Prefect + MLflow, over
 the bare CLI stages on the sample) is measured when the pipeline command exists, else marked as a gap.
 
+A single seed says little about accuracy after two epochs (the small models swing by 0.1 between seeds),
+so the variants in `--accuracy-variants` are retrained on both sides from each of `--accuracy-seeds`
+(training only, same data and split) and compared by mean and spread.
+
     .venv/bin/python bench/compare.py [--epochs 2] [--threads 2] [--variants rnn,lstm] [--data sample]
 
 Writes bench/results/compare.json and bench/results/compare.md (which states machine, threads, data and
@@ -24,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,43 +40,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from peer_keras import LESSON_MODELS, b1_latency_ms, batch_throughput, inference_inputs, peak_rss_mb
+from common import (PARAMS, QUIET_ENV, REPO, RESULTS, b1_latency_ms, batch_throughput, data_overrides, inference_inputs,
+                    load_average, machine, peak_rss_mb, run_overrides, short_name)
+from peer_keras import LESSON_MODELS
 from textrnn.tokens import EncodedSplit, split_path
 
-REPO = Path(__file__).resolve().parent.parent
-PARAMS = REPO / "params.yaml"
-AG_NEWS = REPO.parent / "shared" / "data" / "ag_news" / "train_head_10429.csv"
-RESULTS = REPO / "bench" / "results"
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_keras.py"
 TARGETS = {"train_ratio": 3.0, "inference_ratio": 2.0, "padding_efficiency": 0.95}
-# Quiet, offline libraries in every process we start (the Makefile exports the same).
-QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "ORT_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1",
-             "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_DISABLE_TELEMETRY": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-PATH_KEYS = ("prepared", "encoded", "artifacts", "models", "metrics", "plots", "cache")
 
 
 # ------------------------------------------------------------------------------------------------- data
-
-
-def data_overrides(choice: str, sample_rows: int) -> tuple[str, list[str]]:
-    """(description, config overrides) of the data both sides read."""
-    if choice in ("auto", "ag_news") and AG_NEWS.is_file():
-        # The file is the train source (a stratified 10% becomes val) and, unused for accuracy here, the
-        # test source, whose rows only feed the inference timings.
-        return (f"AG News, {AG_NEWS.name} (the head of the official train split; stratified 90/10 train/val)",
-                ["data.source=csv", f"data.train_path={AG_NEWS}", f"data.test_path={AG_NEWS}"])
-    if choice == "ag_news":
-        raise SystemExit(f"{AG_NEWS}: not found (use --data sample)")
-    return (f"textrnn sample corpus ({sample_rows} train rows, stratified 90/10 train/val)",
-            ["data.source=sample", f"data.sample.train_rows={sample_rows}"])
-
-
-def base_overrides(workdir: Path, data_sets: list[str], args: argparse.Namespace) -> list[str]:
-    """Overrides shared by every run of ours: data, paths under `workdir`, epochs, threads, CPU."""
-    paths = [f"paths.{name}={workdir / name}" for name in PATH_KEYS]
-    # patience above the epoch count: both sides run exactly `epochs` epochs, no early stop.
-    return [*data_sets, *paths, "tracking.enabled=false", f"train.epochs={args.epochs}",
-            f"train.patience={args.epochs + 1}", f"train.threads={args.threads}", "train.device=cpu"]
 
 
 def prepare_data(overrides: list[str]) -> dict[str, Any]:
@@ -111,14 +87,14 @@ def run_child(command: list[str], out: Path, log: Path) -> dict[str, Any]:
     """Run one side in a fresh interpreter; return the JSON it wrote to `out` (output goes to `log`), with
     the process's wall time and the load average around it, to tell which runs other work disturbed."""
     env = {**os.environ, **QUIET_ENV}
-    load_before, started = os.getloadavg()[0], time.perf_counter()
+    load_before, started = load_average(), time.perf_counter()
     with open(log, "a", encoding="utf-8") as handle:
         finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     if finished.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])}... failed (exit {finished.returncode}); see {log}")
     report = json.loads(out.read_text(encoding="utf-8"))
     report["process"] = {"wall_seconds": time.perf_counter() - started,
-                         "load_average_1min": [load_before, os.getloadavg()[0]]}
+                         "load_average_1min": [load_before, load_average()]}
     return report
 
 
@@ -128,22 +104,44 @@ def inference_options(args: argparse.Namespace) -> list[str]:
 
 
 def run_ours(variant: str, batching: str, overrides: list[str], workdir: Path, args: argparse.Namespace,
-             log: Path) -> dict[str, Any]:
-    out = workdir / f"ours_{variant}_{batching}.json"
+             log: Path, seed: int | None = None) -> dict[str, Any]:
+    """Ours in a child process; with `seed`, a training-only rerun from that seed (same data and split)."""
+    out = workdir / f"ours_{variant}_{batching}{'' if seed is None else f'_seed{seed}'}.json"
+    seeded = overrides if seed is None else [*overrides, f"seed={seed}"]
     command = [sys.executable, __file__, "--child-ours", variant, "--batching", batching, "--out", str(out),
-               "--child-overrides", json.dumps(overrides), "--threads", str(args.threads), *inference_options(args)]
-    if batching != "bucketed":
-        command.append("--no-inference")  # the model is the same; only training throughput differs
+               "--child-overrides", json.dumps(seeded), "--threads", str(args.threads), *inference_options(args)]
+    if batching != "bucketed" or seed is not None:
+        command.append("--no-inference")  # the same model shape: only training figures differ
     return run_child(command, out, log)
 
 
-def run_peer(variant: str, data: dict[str, Any], workdir: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
-    """The peer on the encoded data in `workdir`, seeded like ours (config `seed`)."""
-    out = workdir / f"peer_{variant}.json"
+def run_peer(variant: str, data: dict[str, Any], workdir: Path, args: argparse.Namespace, log: Path,
+             seed: int | None = None) -> dict[str, Any]:
+    """The peer on the encoded data in `workdir`, seeded like ours (config `seed`, or `seed` for a
+    training-only rerun)."""
+    out = workdir / f"peer_{variant}{'' if seed is None else f'_seed{seed}'}.json"
     command = [args.peer_python, str(PEER_SCRIPT), "--variant", variant, "--encoded", str(workdir / "encoded"),
                "--vocab-size", str(data["vocab_size"]), "--epochs", str(args.epochs), "--threads", str(args.threads),
-               "--inter-op-threads", "1", "--seed", str(data["seed"]), "--out", str(out), *inference_options(args)]
+               "--inter-op-threads", "1", "--seed", str(data["seed"] if seed is None else seed), "--out", str(out),
+               *(["--no-inference"] if seed is not None else inference_options(args))]
     return run_child(command, out, log)
+
+
+def accuracy_over_seeds(variant: str, main: dict[str, Any], overrides: list[str], data: dict[str, Any],
+                        workdir: Path, args: argparse.Namespace, log: Path) -> dict[str, Any]:
+    """Last-epoch validation accuracy of both sides over the main run's seed and `--accuracy-seeds` (same
+    data and split; each seed changes initial weights and batch order): one seed's gap is mostly noise for
+    the small recurrent models, whose accuracy after two epochs swings by 0.1 between seeds."""
+    seeds = [data["seed"], *(int(seed) for seed in args.accuracy_seeds.split(",") if seed)]
+    ours, peer = [main["val_accuracy"]["ours"][-1]], [main["val_accuracy"]["peer"][-1]]
+    for seed in seeds[1:]:
+        print(f"{variant}: accuracy, seed {seed}", file=sys.stderr, flush=True)
+        ours.append(run_ours(variant, "bucketed", overrides, workdir, args, log, seed)["history"][-1]["val_accuracy"])
+        peer.append(run_peer(variant, data, workdir, args, log, seed)["history"][-1]["val_accuracy"])
+    return {"variant": variant, "seeds": seeds, "ours": ours, "peer": peer,
+            "ours_mean": float(np.mean(ours)), "peer_mean": float(np.mean(peer)),
+            "ours_std": float(np.std(ours, ddof=1)) if len(ours) > 1 else None,
+            "peer_std": float(np.std(peer, ddof=1)) if len(peer) > 1 else None}
 
 
 def ours_child(args: argparse.Namespace) -> None:
@@ -179,7 +177,7 @@ def ours_inference(cfg, args: argparse.Namespace) -> dict[str, Any]:
         return session.run(["logits"], {"token_ids": token_ids, "lengths": lengths})[0]
 
     test = EncodedSplit.load(split_path(cfg.paths.encoded, "test"))
-    singles, batches = inference_inputs(test, args.inference_seed, args.b1_texts, args.batch, args.batches)
+    singles, batches = inference_inputs(test.texts, args.inference_seed, args.b1_texts, args.batch, args.batches)
     return {"path": f"onnxruntime {ort.__version__} InferenceSession.run (CPU provider), same ids as the peer",
             "parity_max_abs_diff": export["max_abs_diff"],
             "b1_median_ms": b1_latency_ms(run, singles),
@@ -323,16 +321,6 @@ def orchestration_overhead(variants: list[str], args: argparse.Namespace, log: P
 # ------------------------------------------------------------------------------------------- reporting
 
 
-def machine() -> dict[str, Any]:
-    """What the figures ran on: CPU model, cores, memory, and the load average (other work on the CPUs)."""
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or platform.machine())
-    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-                  if line.startswith("MemTotal"))
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
-            "python": platform.python_version(), "os": platform.platform()}
-
-
 def versions(peer_report: dict[str, Any] | None) -> dict[str, str]:
     import onnxruntime
     import torch
@@ -354,6 +342,28 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def yes_no(value: bool) -> str:
     return "yes" if value else "**no**"
+
+
+def seeds_markdown(seeded: list[dict[str, Any]], cond: dict[str, Any]) -> list[str]:
+    """The last-epoch accuracy of both sides over several seeds, when measured."""
+    if not seeded:
+        return []
+    lines = [f"## Validation accuracy over seeds (after {cond['epochs']} epochs, {cond['data_short']})", "",
+             "Training-only reruns on the same data and split; a seed sets initial weights and batch order on both "
+             "sides. Mean ± sample standard deviation, then each seed's figure.", "",
+             "| variant | seeds | ours | Keras | ours - Keras (means) | per seed, ours | per seed, Keras |",
+             "|---|---|---:|---:|---:|---|---|"]
+    return [*lines, *(seeds_row(row) for row in seeded), ""]
+
+
+def seeds_row(row: dict[str, Any]) -> str:
+    """One markdown table row of `accuracy_over_seeds` (bench/readme.py writes the same rows)."""
+    def spread(mean: float, std: float | None) -> str:
+        return f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}"
+
+    return (f"| {row['variant']} | {', '.join(map(str, row['seeds']))} | {spread(row['ours_mean'], row['ours_std'])} | "
+            f"{spread(row['peer_mean'], row['peer_std'])} | {row['ours_mean'] - row['peer_mean']:+.3f} | "
+            f"{' / '.join(f'{v:.3f}' for v in row['ours'])} | {' / '.join(f'{v:.3f}' for v in row['peer'])} |")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -398,8 +408,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"## Validation accuracy after each epoch ({cond['rows']['val']} val rows, {cond['data_short']})",
         "",
         "Both sides score the validation split in the same length-sorted batches of 256. Recipe differences "
-        "besides the framework: ours clips the gradient norm at 1.0 and uses PyTorch's default initialisation; "
-        "the peer is the lesson's Keras defaults (Glorot/orthogonal init, no clipping).",
+        "besides the framework: ours clips the gradient norm at 1.0 and, with train.sparse_embedding, updates "
+        "the embedding table with lazy Adam (SparseAdam: only the rows a batch used); both start from Keras' "
+        "initialisation (uniform ±0.05 embeddings, Glorot input and orthogonal recurrent weights, LSTM forget "
+        "bias 1); the peer is the lesson's Keras defaults (dense Adam, no clipping).",
         "",
         "| variant | ours (bucketed) | ours (random batches) | peer (Keras) | ours - peer, last epoch | ≥ peer |",
         "|---|---|---|---|---:|---|",
@@ -409,7 +421,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {r['variant']} | {fmt_acc(a['ours'])} | {fmt_acc(a['ours_random_batches'])} | {fmt_acc(a['peer'])} | "
                      f"{a['ours'][-1] - a['peer'][-1]:+.3f} | {yes_no(r['targets']['accuracy_at_least_equal'])} |")
     se = (0.25 / cond["rows"]["val"]) ** 0.5
-    lines += [f"", f"One standard error of an accuracy near 0.5 on {cond['rows']['val']} rows is {se:.3f}.", ""]
+    lines += ["", f"One standard error of an accuracy near 0.5 on {cond['rows']['val']} rows is {se:.3f}.", ""]
+    lines += seeds_markdown(report.get("accuracy_over_seeds") or [], cond)
     inf = report["variants"][0]["inference"]["ours"] if report["variants"] else {}
     lines += [
         f"## Inference (CPU, {cond['threads']} threads, trained models, {cond['data_short']} test rows)",
@@ -455,7 +468,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"{orch['overhead_seconds']:+.1f} | {orch['ratio']:.2f}x | {orch['overhead_vs_in_process_seconds']:+.1f} |",
             "",
             f"Bare: {orch['bare']}. One process: {orch['in_process']}. Pipeline: {orch['pipeline']}.",
-            *([f"", f"Note: {orch['note']}"] if orch.get("note") else []),
+            *(["", f"Note: {orch['note']}"] if orch.get("note") else []),
         ]
     else:
         lines.append(f"**{orch['reason']}.**")
@@ -480,6 +493,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--peer-python", default=sys.executable, help="interpreter with tensorflow-cpu installed")
     parser.add_argument("--skip-random", action="store_true", help="skip ours with random batches (saves time)")
     parser.add_argument("--skip-orchestration", action="store_true")
+    parser.add_argument("--accuracy-seeds", default="1,2,3,4",
+                        help="more seeds for the accuracy comparison (training only), comma-separated; '' for none")
+    parser.add_argument("--accuracy-variants", default="rnn_masked,lstm",
+                        help="variants the extra seeds run for (the bidirectional peer takes minutes per run)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     # Internal: compare.py runs our side in a child process through these.
     parser.add_argument("--child-ours", help=argparse.SUPPRESS)
@@ -492,7 +509,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def build_report(args: argparse.Namespace, data_name: str, data: dict[str, Any], results: list[dict[str, Any]],
-                 orchestration: dict[str, Any], load_start: tuple[float, ...]) -> dict[str, Any]:
+                 orchestration: dict[str, Any], load_start: tuple[float, ...],
+                 seeded: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON report: machine, versions, conditions, per-variant results and the orchestration figure."""
     peer_report = results[0]["runs"]["peer"] if results else None
     return {
@@ -500,7 +518,7 @@ def build_report(args: argparse.Namespace, data_name: str, data: dict[str, Any],
         "machine": machine(),
         "versions": versions(peer_report),
         "conditions": {
-            "data": data_name, "data_short": "AG News" if "AG News" in data_name else "sample corpus",
+            "data": data_name, "data_short": short_name(data_name),
             "rows": data["rows"], "vocab_size": data["vocab_size"],
             "padding_efficiency_global_max": data["padding_efficiency_global_max"],
             "train_token_length_quantiles": data["token_length_quantiles"],
@@ -513,6 +531,7 @@ def build_report(args: argparse.Namespace, data_name: str, data: dict[str, Any],
         },
         "targets": TARGETS,
         "variants": results,
+        "accuracy_over_seeds": seeded,
         "padding_by_batch_size": data["padding_by_batch_size"],
         "orchestration": orchestration,
     }
@@ -555,21 +574,26 @@ def compare(args: argparse.Namespace) -> str:
     workdir = Path(tempfile.mkdtemp(prefix="textrnn-compare-"))
     log = workdir / "children.log"
     try:
-        overrides = base_overrides(workdir, data_sets, args)
+        overrides = run_overrides(workdir, data_sets, args.epochs, args.threads)
         check_same_architecture(overrides, variants)
         data = prepare_data(overrides)
         results = []
         pending = {"measured": False, "reason": "not measured: the run stopped before this step"}
+        seeded: list[dict[str, Any]] = []
         for variant in variants:
             results.append(run_variant(variant, overrides, data, workdir, args, log))
-            save_report(build_report(args, data_name, data, results, pending, load_start), args.out_dir)
+            save_report(build_report(args, data_name, data, results, pending, load_start, seeded), args.out_dir)
+        for result in results:
+            if result["variant"] in args.accuracy_variants.split(",") and args.accuracy_seeds:
+                seeded.append(accuracy_over_seeds(result["variant"], result, overrides, data, workdir, args, log))
+                save_report(build_report(args, data_name, data, results, pending, load_start, seeded), args.out_dir)
         orchestration = ({"measured": False, "reason": "not measured: skipped (--skip-orchestration)"}
                          if args.skip_orchestration else orchestration_overhead(variants, args, log))
     except BaseException:
         print(f"kept {workdir} for inspection (children's output in {log})", file=sys.stderr)
         raise
     shutil.rmtree(workdir)  # it holds prepared AG News text: never leave it behind
-    return save_report(build_report(args, data_name, data, results, orchestration, load_start), args.out_dir)
+    return save_report(build_report(args, data_name, data, results, orchestration, load_start, seeded), args.out_dir)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from common import AG_NEWS, REPO, RESULTS, load_average, machine
 from textrnn import data
 from textrnn.config import Config, DataConfig
 from textrnn.export import parity_check, write_onnx
@@ -43,8 +44,6 @@ from textrnn.inference import CPU_PROVIDER, OnnxClassifier, session_options
 from textrnn.models import build_model
 from textrnn.tokens import EncodedTexts, build_tokenizer, encode_texts
 
-REPO = Path(__file__).resolve().parents[1]
-AG_NEWS = REPO.parent / "shared" / "data" / "ag_news" / "train_head_10429.csv"
 
 
 def load_texts(path: Path, seed: int) -> tuple[list[str], str]:
@@ -168,7 +167,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--vocab-size", type=int, default=20000)
     parser.add_argument("--max-len", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "inference.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "inference.json")
     return parser.parse_args()
 
 
@@ -180,7 +179,7 @@ def main() -> None:
     args.vocab_size = tokenizer.get_vocab_size()
     encoded = encode_texts(tokenizer, texts)
     results = []
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="textrnn-bench-") as tmp:
         tokenizer_file = Path(tmp) / "tokenizer.json"
         tokenizer.save(str(tokenizer_file))
@@ -198,9 +197,9 @@ def main() -> None:
         "vocab_size": args.vocab_size,
         "batch": args.batch, "batches": args.batches, "b1_texts": args.b1_texts,
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__, "python": platform.python_version()},
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "machine": machine(),
         # Other work on the machine slows both runtimes; the 1-minute load average says how much there was.
-        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+        "load_average_1min": {"before": load_before, "after": load_average()},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

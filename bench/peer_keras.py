@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import b1_latency_ms, batch_throughput, inference_inputs, peak_rss_mb, time_calls
 from textrnn.tokens import EncodedSplit, split_path
 
 # Quiet TensorFlow's C++ start-up banner; must be set before TensorFlow is imported.
@@ -71,7 +72,7 @@ LESSON_MODELS: dict[str, LessonModel] = {
 }
 
 
-# ------------------------------------------------------------------------------ shared inputs (numpy only)
+# ----------------------------------------------------------------------------------- validation batches
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -79,57 +80,6 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
     the validation split, so both sides score exactly the same padded matrices."""
     order = np.argsort(lengths, kind="stable")
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-
-
-def inference_inputs(split: EncodedSplit, seed: int, b1_texts: int, batch: int, batches: int
-                     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]:
-    """(single rows, batches): the inputs both sides time, as (token_ids int64 [B, T], lengths int64 [B]).
-
-    Single rows are unpadded; each batch is `batch` random rows padded to its own longest row (no length
-    sorting: the same worst case for both runtimes). A pure function of `seed`, so the two processes
-    build identical inputs.
-    """
-    rng = np.random.default_rng(seed)
-    texts = split.texts
-    singles = [(texts.padded([row]), texts.lengths[[row]]) for row in rng.choice(len(texts), b1_texts, replace=False)]
-    picks = [rng.choice(len(texts), batch, replace=len(texts) < batch) for _ in range(batches)]
-    return singles, [(texts.padded(rows), np.ascontiguousarray(texts.lengths[rows])) for rows in picks]
-
-
-def time_calls(run: Callable[[np.ndarray, np.ndarray], object], inputs: list[tuple[np.ndarray, np.ndarray]],
-               warmup: int = 3) -> list[float]:
-    """Seconds per call of `run(token_ids, lengths)` for each input, after `warmup` untimed calls."""
-    for token_ids, lengths in inputs[:warmup]:
-        run(token_ids, lengths)
-    timings = []
-    for token_ids, lengths in inputs:
-        started = time.perf_counter()
-        run(token_ids, lengths)
-        timings.append(time.perf_counter() - started)
-    return timings
-
-
-def b1_latency_ms(run: Callable[[np.ndarray, np.ndarray], object], singles: list) -> float:
-    """Median milliseconds of one call on one row, over the single-row inputs."""
-    return statistics.median(time_calls(run, singles)) * 1000
-
-
-def batch_throughput(run: Callable[[np.ndarray, np.ndarray], object], batches: list, repeats: int) -> float:
-    """Texts per second over the batches, best of `repeats` passes (on a shared machine noise only ever
-    slows a pass down)."""
-    rows = sum(len(lengths) for _, lengths in batches)
-    return rows / min(sum(time_calls(run, batches, warmup=1)) for _ in range(repeats))
-
-
-def peak_rss_mb() -> dict[str, float]:
-    """This process's resident memory now and its high-water mark, in MiB (Linux /proc)."""
-    fields = {}
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0]) / 1024  # reported in kB
-    return {"rss_mb": fields["VmRSS"], "peak_rss_mb": fields["VmHWM"]}
 
 
 # ---------------------------------------------------------------------------------------- TensorFlow side
@@ -241,7 +191,7 @@ def probe(run: Callable[[np.ndarray, np.ndarray], object], singles: list, batche
 
 def bench_inference(tf, model, test_split: EncodedSplit, args: argparse.Namespace) -> dict:
     """Probe every calling path on the shared inputs, then time the fastest one for each figure fully."""
-    singles, batches = inference_inputs(test_split, args.inference_seed, args.b1_texts, args.batch, args.batches)
+    singles, batches = inference_inputs(test_split.texts, args.inference_seed, args.b1_texts, args.batch, args.batches)
     paths = calling_paths(tf, model)
     probes = {name: probe(run, singles, batches) for name, run in paths.items()}
     b1_path = min(probes, key=lambda name: probes[name]["b1_median_ms"])

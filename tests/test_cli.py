@@ -65,7 +65,7 @@ def test_bad_csv_rows_fail_with_one_line_and_keep_previous_outputs(tmp_path: Pat
     good.write_bytes(b'"1","ok title","ok text"\n"2","sport title","sport text"\n' * 20)
     bad = tmp_path / "bad.csv"
     bad.write_bytes(content)
-    files = lambda train: (f"data.source=csv", f"data.train_path={train}", f"data.test_path={good}")  # noqa: E731
+    files = lambda train: ("data.source=csv", f"data.train_path={train}", f"data.test_path={good}")  # noqa: E731
     assert run(tmp_path, "prepare", overrides=files(good)).exit_code == 0
     before = {p.name: p.read_bytes() for p in (tmp_path / "data" / "prepared").iterdir()}
 

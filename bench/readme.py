@@ -1,0 +1,172 @@
+"""Write the benchmark tables into README.md from bench/results/*.json (the last step of `make bench`).
+
+Only the block between the two `bench:` markers in the README is replaced; the prose around it, which
+explains the figures, is written by hand. Every table states the machine, threads, data, epochs and load
+average its figures were measured under. A results file that is missing leaves a line saying so.
+
+    .venv/bin/python bench/readme.py [--readme README.md] [--check]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import REPO, RESULTS
+from compare import seeds_row
+
+START = "<!-- bench:start: written by `make bench` (bench/readme.py) from bench/results/*.json; do not edit -->"
+END = "<!-- bench:end -->"
+
+
+def load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def machine_text(machine: dict[str, Any]) -> str:
+    return f"{machine['cpu']}, {machine['cores']} cores, {machine['memory_gib']} GiB"
+
+
+def load_text(start: float, end: float) -> str:
+    return f"load average {start:.1f} → {end:.1f}"
+
+
+def met(value: bool) -> str:
+    return "yes" if value else "**no**"
+
+
+def compare_tables(report: dict[str, Any]) -> list[str]:
+    cond, load = report["conditions"], report["conditions"]["load_average"]
+    rows = report["variants"]
+    lines = [
+        f"**Against the lesson's Keras models** (`bench/compare.py`; {machine_text(report['machine'])}; "
+        f"{cond['threads']} threads on both sides; {cond['data_short']}, {cond['rows']['train']:,} train / "
+        f"{cond['rows']['val']:,} val rows, vocabulary {cond['vocab_size']:,}; {cond['epochs']} epochs per side, "
+        f"the lesson's batch sizes; {report['versions']['peer']}; {load_text(load['start'][0], load['end'][0])}). "
+        "Training samples/s are the last epoch's; accuracy is on the validation split after each epoch.",
+        "",
+        "| variant | batch | ours samples/s | Keras samples/s | ours/Keras | ≥3x | ours val acc by epoch | Keras val acc by epoch | ≥ Keras |",
+        "|---|---:|---:|---:|---:|---|---|---|---|",
+    ]
+    for r in rows:
+        t, a = r["train_samples_per_s"], r["val_accuracy"]
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {t['ours_bucketed']:,.0f} | {t['peer']:,.0f} | "
+                     f"{r['ratios']['train_ours_vs_peer']:.1f}x | {met(r['targets']['train_3x'])} | "
+                     f"{' / '.join(f'{v:.3f}' for v in a['ours'])} | {' / '.join(f'{v:.3f}' for v in a['peer'])} | "
+                     f"{met(r['targets']['accuracy_at_least_equal'])} |")
+    seeded = report.get("accuracy_over_seeds") or []
+    if seeded:
+        lines += ["", "Accuracy over seeds (training-only reruns on the same split; a seed sets initial weights and "
+                      "batch order on both sides; mean ± standard deviation of the last epoch's validation accuracy):",
+                  "", "| variant | seeds | ours | Keras | ours - Keras (means) | per seed, ours | per seed, Keras |",
+                  "|---|---|---:|---:|---:|---|---|", *(seeds_row(row) for row in seeded)]
+    lines += [
+        "",
+        f"Serving the same trained models (batch {cond['batch']}: {cond['batches']} batches of random test rows, "
+        f"each padded to its longest, best of {cond['repeats']} passes; batch 1: median of {cond['b1_texts']} single "
+        "rows). Ours is the onnxruntime session; Keras is the fastest of its four calling paths. Peak RSS is the "
+        "training process's high-water mark, framework included.",
+        "",
+        f"| variant | ORT b{cond['batch']} texts/s | Keras b{cond['batch']} texts/s | ratio | ≥2x | ORT b1 ms | Keras b1 ms | "
+        "peak RSS ours / Keras MiB | padding eff. bucketed / random |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        o, p, mem, pad = r["inference"]["ours"], r["inference"]["peer"], r["peak_rss_mb"], r["padding_efficiency"]
+        random_pad = f"{pad['random']:.3f}" if pad["random"] is not None else "not run"
+        lines.append(f"| {r['variant']} | {o['batch_texts_per_s']:,.0f} | {p['batch_texts_per_s']:,.0f} | "
+                     f"{r['ratios']['inference_batch_ours_vs_peer']:.1f}x | {met(r['targets']['inference_2x'])} | "
+                     f"{o['b1_median_ms']:.3f} | {p['b1_median_ms']:.3f} | {mem['ours']:,.0f} / {mem['peer']:,.0f} | "
+                     f"{pad['bucketed']:.3f} / {random_pad} |")
+    return lines
+
+
+def orchestration_lines(report: dict[str, Any]) -> list[str]:
+    orch = report["orchestration"]
+    if not orch["measured"]:
+        return [f"**Orchestration overhead**: {orch['reason']}."]
+    return [
+        f"**Orchestration overhead** (`bench/compare.py`; {orch['data']}, variants {', '.join(orch['variants'])}, "
+        f"{orch['epochs']} epochs, {report['conditions']['threads']} threads): wall seconds of the same work three ways.",
+        "",
+        "| bare CLI stages, one process each | same stages in one process | `textrnn pipeline` (Prefect + MLflow) | pipeline / bare CLI |",
+        "|---:|---:|---:|---:|",
+        f"| {orch['bare_cli_seconds']:.1f} | {orch['in_process_seconds']:.1f} | {orch['pipeline_seconds']:.1f} | "
+        f"{orch['ratio']:.2f}x |",
+    ]
+
+
+def bucketing_table(report: dict[str, Any]) -> list[str]:
+    load = report["load_average_1min"]
+    lines = [
+        f"**Bucketing** (`bench/train_throughput.py`; {machine_text(report['machine'])}; {report['threads']} threads; "
+        f"{report['data_short']}, {report['train_rows']:,} train rows; {report['epochs']} epochs per run, the last one's rate; "
+        f"torch {report['torch']}; {load_text(load['start'], load['end'])}): our training samples/s with "
+        "length-bucketed batches (the default) against plain shuffled ones, every variant.",
+        "",
+        "| variant | batch | bucketed samples/s | random samples/s | speed-up | padding eff. bucketed | padding eff. random |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lines.append(f"| {r['variant']} | {r['batch_size']} | {r['bucketed_samples_per_second']:,.0f} | "
+                     f"{r['random_samples_per_second']:,.0f} | {r['speedup']:.2f}x | {r['bucketed_padding_efficiency']:.3f} | "
+                     f"{r['random_padding_efficiency']:.3f} |")
+    return lines
+
+
+def inference_table(report: dict[str, Any]) -> list[str]:
+    batch, load = report["batch"], report["load_average_1min"]
+    threads = sorted({r["threads"] for r in report["results"]})
+    lines = [
+        f"**ONNX Runtime vs PyTorch eager** (`bench/inference.py`; {machine_text(report['machine'])}; "
+        f"{', '.join(map(str, threads))} thread(s) on both sides; {report['data']}, median "
+        f"{report['tokens_per_text']['median']:.0f} tokens; untrained seeded weights, as latency depends on shapes; "
+        f"torch {report['versions']['torch']}, onnxruntime {report['versions']['onnxruntime']}; "
+        f"{load_text(load['before'], load['after'])}). `predict()` is the shipped path end to end: tokenizer, "
+        "length sorting and token-budget batches included.",
+        "",
+        f"| variant | torch b1 ms | ORT b1 ms | b1 speed-up | torch b{batch} texts/s | ORT b{batch} texts/s | "
+        f"b{batch} speed-up | predict() texts/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        lines.append(f"| {r['variant']} | {r['torch_eager_b1_ms']:.3f} | {r['onnxruntime_b1_ms']:.3f} | {r['speedup_b1']:.1f}x | "
+                     f"{r[f'torch_eager_b{batch}_texts_per_s']:,.0f} | {r[f'onnxruntime_b{batch}_texts_per_s']:,.0f} | "
+                     f"{r[f'speedup_b{batch}']:.1f}x | {r['predict_texts_per_s']:,.0f} |")
+    return lines
+
+
+def block() -> str:
+    """The generated Markdown between the markers."""
+    reports = {name: load(name) for name in ("compare", "train_throughput", "inference")}
+    renderers = {"compare": compare_tables, "train_throughput": bucketing_table, "inference": inference_table}
+    sections = [renderers[name](report) if report else [f"`bench/results/{name}.json` is missing: run `make bench`."]
+                for name, report in reports.items()]
+    if reports["compare"]:
+        sections.append(orchestration_lines(reports["compare"]))
+    return "\n\n".join("\n".join(lines) for lines in sections)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are out of date")
+    args = parser.parse_args()
+    text = args.readme.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise SystemExit(f"{args.readme}: no benchmark block (the lines {START!r} and {END!r})")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    updated = f"{head}{START}\n{block()}\n{END}{tail}"
+    if args.check:
+        sys.exit(0 if updated == text else 1)
+    args.readme.write_text(updated, encoding="utf-8")
+    print(f"{args.readme}: benchmark tables updated from {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
