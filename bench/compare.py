@@ -363,7 +363,7 @@ def seeds_row(row: dict[str, Any]) -> str:
 
     return (f"| {row['variant']} | {', '.join(map(str, row['seeds']))} | {spread(row['ours_mean'], row['ours_std'])} | "
             f"{spread(row['peer_mean'], row['peer_std'])} | {row['ours_mean'] - row['peer_mean']:+.3f} | "
-            f"{' / '.join(f'{v:.3f}' for v in row['ours'])} | {' / '.join(f'{v:.3f}' for v in row['peer'])} |")
+            f"{fmt_acc(row['ours'])} | {fmt_acc(row['peer'])} |")
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from common import REPO, RESULTS
-from compare import seeds_row
+from compare import fmt, fmt_acc, seeds_row, yes_no
 
 START = "<!-- bench:start: written by `make bench` (bench/readme.py) from bench/results/*.json; do not edit -->"
 END = "<!-- bench:end -->"
@@ -35,10 +35,6 @@ def load_text(start: float, end: float) -> str:
     return f"load average {start:.1f} → {end:.1f}"
 
 
-def met(value: bool) -> str:
-    return "yes" if value else "**no**"
-
-
 def compare_tables(report: dict[str, Any]) -> list[str]:
     cond, load = report["conditions"], report["conditions"]["load_average"]
     rows = report["variants"]
@@ -55,9 +51,9 @@ def compare_tables(report: dict[str, Any]) -> list[str]:
     for r in rows:
         t, a = r["train_samples_per_s"], r["val_accuracy"]
         lines.append(f"| {r['variant']} | {r['batch_size']} | {t['ours_bucketed']:,.0f} | {t['peer']:,.0f} | "
-                     f"{r['ratios']['train_ours_vs_peer']:.1f}x | {met(r['targets']['train_3x'])} | "
-                     f"{' / '.join(f'{v:.3f}' for v in a['ours'])} | {' / '.join(f'{v:.3f}' for v in a['peer'])} | "
-                     f"{met(r['targets']['accuracy_at_least_equal'])} |")
+                     f"{r['ratios']['train_ours_vs_peer']:.1f}x | {yes_no(r['targets']['train_3x'])} | "
+                     f"{fmt_acc(a['ours'])} | {fmt_acc(a['peer'])} | "
+                     f"{yes_no(r['targets']['accuracy_at_least_equal'])} |")
     seeded = report.get("accuracy_over_seeds") or []
     if seeded:
         lines += ["", "Accuracy over seeds (training-only reruns on the same split; a seed sets initial weights and "
@@ -77,11 +73,10 @@ def compare_tables(report: dict[str, Any]) -> list[str]:
     ]
     for r in rows:
         o, p, mem, pad = r["inference"]["ours"], r["inference"]["peer"], r["peak_rss_mb"], r["padding_efficiency"]
-        random_pad = f"{pad['random']:.3f}" if pad["random"] is not None else "not run"
         lines.append(f"| {r['variant']} | {o['batch_texts_per_s']:,.0f} | {p['batch_texts_per_s']:,.0f} | "
-                     f"{r['ratios']['inference_batch_ours_vs_peer']:.1f}x | {met(r['targets']['inference_2x'])} | "
+                     f"{r['ratios']['inference_batch_ours_vs_peer']:.1f}x | {yes_no(r['targets']['inference_2x'])} | "
                      f"{o['b1_median_ms']:.3f} | {p['b1_median_ms']:.3f} | {mem['ours']:,.0f} / {mem['peer']:,.0f} | "
-                     f"{pad['bucketed']:.3f} / {random_pad} |")
+                     f"{pad['bucketed']:.3f} / {fmt(pad['random'], '.3f')} |")
     return lines
 
 
