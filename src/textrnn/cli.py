@@ -6,10 +6,12 @@ one line (`error: ...`) and exit with status 2.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +22,7 @@ from rich.table import Table
 
 from textrnn import config as config_module
 from textrnn.config import Config
-from textrnn.errors import TextrnnError
+from textrnn.errors import Terminated, TextrnnError
 
 app = typer.Typer(
     name="textrnn",
@@ -29,8 +31,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# No markup and no highlighting anywhere: what we print holds user text, paths and lists, and rich would
+# read `[/]` or `[bold]` in them as markup (and fail on some of it).
+console = Console(markup=False, highlight=False)
+err_console = Console(stderr=True, markup=False, highlight=False)
 log = logging.getLogger("textrnn")
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read.")]
@@ -56,19 +60,58 @@ def main(
     root = logging.getLogger("textrnn")
     root.handlers[:] = [handler]
     root.setLevel(level)
+    _check_argv_utf8(sys.argv[1:])
+    # SIGTERM (a scheduler, `kill`, a Prefect cancellation) unwinds like Ctrl-C: open MLflow runs end KILLED
+    # and temporary files are removed by the blocks that made them.
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _check_argv_utf8(argv: list[str]) -> None:
+    """Python decodes argv bytes that are not UTF-8 into lone surrogates; name the argument instead of
+    failing later with an encoding traceback."""
+    for index, argument in enumerate(argv, start=1):
+        try:
+            argument.encode("utf-8")
+        except UnicodeEncodeError:
+            printable = argument.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            _fail(f"argument {index} ({printable}) is not valid UTF-8")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"error: {message}", style="bold red", soft_wrap=True)
+    raise typer.Exit(code=code)
+
+
+def _os_error_line(error: OSError) -> str:
+    """One line for an OSError from the file system: the file, then what the system said."""
+    where = error.filename if error.filename is not None else "?"
+    reason = (error.strerror or os.strerror(error.errno)) if error.errno else str(error)
+    hint = {errno.ENOSPC: " (free some space and run again)", errno.EROFS: " (a read-only file system)"}.get(error.errno, "")
+    return f"{where}: {reason}{hint}"
 
 
 def user_errors(command):
-    """Turn a TextrnnError into one `error: ...` line and exit status 2, with no traceback."""
+    """Turn what a user can act on into one `error: ...` line and exit status 2, with no traceback: our own
+    TextrnnErrors, file-system errors (named by file) and undecodable input. A stop signal exits 128 + its
+    number. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
         except TextrnnError as error:
-            # Plain text: a message may hold brackets (paths, lists) that rich would read as markup.
-            err_console.print(f"error: {error}", style="bold red", markup=False, highlight=False, soft_wrap=True)
-            raise typer.Exit(code=2) from None
+            _fail(str(error))
+        except OSError as error:  # a full disk, a read-only directory, a directory where a file goes
+            _fail(_os_error_line(error))
+        except UnicodeDecodeError as error:
+            _fail(f"input is not valid UTF-8 (byte {error.start}: {error.reason})")
+        except (Terminated, KeyboardInterrupt) as error:
+            signum = error.signum if isinstance(error, Terminated) else signal.SIGINT
+            _fail(f"stopped by {signal.Signals(signum).name}; outputs written so far are kept", code=128 + signum)
 
     return wrapper
 
@@ -205,7 +248,7 @@ def promote(
     cfg = load_config(params, set_)
     decision = promote_step(cfg, version)
     outcome = "promoted" if decision["promoted"] else "not promoted"
-    console.print(f"{outcome}: {decision['reason']}", highlight=False)
+    console.print(f"{outcome}: {decision['reason']}")
     if decision.get("champion_after"):
         console.print(f"champion: {decision['model_name']} version {decision['champion_after']}")
 
@@ -309,7 +352,7 @@ def _print_pipeline(result: dict[str, Any]) -> None:
         )
     console.print(table)
     outcome = "promoted" if promotion["promoted"] else "not promoted"
-    console.print(f"{outcome}: {promotion['reason']}", highlight=False)
+    console.print(f"{outcome}: {promotion['reason']}")
 
 
 @app.command()
