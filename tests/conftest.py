@@ -1,10 +1,13 @@
 """Shared fixtures: configs rooted in a temporary workspace, and a small prepared + encoded sample corpus.
 
-Tests never touch the repository's own data/, models/ or mlflow.db: every path points under tmp.
+Tests never touch the repository's own data/, models/ or mlflow.db: every path points under tmp, and
+every test runs with its working directory there too (textrnn refuses outputs outside the working
+directory, and records its inputs relative to it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -29,9 +32,8 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="textrnn-prefect-h
 
 def path_overrides(workdir: Path) -> list[str]:
     """`--set` overrides that put every output of the pipeline under `workdir`."""
-    names = ("prepared", "encoded", "artifacts", "models", "metrics", "plots", "cache")
     defaults = config.PathsConfig()
-    return [f"paths.{name}={workdir / getattr(defaults, name)}" for name in names]
+    return [f"paths.{name}={workdir / getattr(defaults, name)}" for name in config.PathsConfig.model_fields]
 
 
 SMALL_SAMPLE = [
@@ -45,26 +47,40 @@ SMALL_SAMPLE = [
 
 
 def make_config(workdir: Path, *overrides: str) -> Config:
-    """params.yaml + the small sample settings + `overrides`, with every path under `workdir`."""
-    return config.load(PARAMS, [*SMALL_SAMPLE, *path_overrides(workdir), *overrides])
+    """params.yaml + the small sample settings + `overrides`, with every path under `workdir`.
+
+    Paths are absolute and checked against `workdir` (as if it were the working directory), so the
+    config is valid from any working directory, e.g. in a module-scoped fixture."""
+    with contextlib.chdir(workdir):
+        return config.load(PARAMS, [*SMALL_SAMPLE, *path_overrides(workdir), *overrides])
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test runs in its own tmp_path: outputs must lie inside the working directory."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 @pytest.fixture(scope="session")
 def encoded_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace whose sample corpus is prepared and encoded once per session (read-only for tests)."""
+    """A workspace whose sample corpus is prepared and encoded once per session (read-only for tests).
+    Made with the workspace as working directory, as a user would."""
     from textrnn.data import prepare
     from textrnn.tokens import encode
 
     workdir = tmp_path_factory.mktemp("encoded-sample")
-    cfg = make_config(workdir)
-    prepare(cfg)
-    encode(cfg)
+    with contextlib.chdir(workdir):
+        cfg = make_config(workdir)
+        prepare(cfg)
+        encode(cfg)
     return workdir
 
 
 @pytest.fixture
-def workspace(encoded_sample: Path, tmp_path: Path) -> Path:
-    """A private copy of the encoded sample workspace, free to train into."""
+def workspace(encoded_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private copy of the encoded sample workspace, free to train into; the test runs inside it."""
     target = tmp_path / "ws"
     shutil.copytree(encoded_sample, target)
+    monkeypatch.chdir(target)
     return target

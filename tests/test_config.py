@@ -33,6 +33,23 @@ def test_overrides_are_typed_like_yaml_and_create_nested_keys() -> None:
     assert cfg.buckets.token_budget == 512
 
 
+def test_numbers_in_exponent_notation_are_floats_where_a_float_is_expected() -> None:
+    # PyYAML reads `1e-3` as a string; a float field takes it, an int field does not (see the cases below).
+    assert config.load(PARAMS, ["train.learning_rate=1e-3", "registry.min_delta=0"]).train.learning_rate == 0.001
+
+
+def test_the_tokenizer_lives_in_the_encoded_directory() -> None:
+    cfg = config.load(PARAMS, ["paths.encoded=out/enc"])
+    assert cfg.paths.tokenizer == Path("out/enc/tokenizer.json")
+
+
+def test_output_paths_are_checked_against_the_working_directory(tmp_path: Path) -> None:
+    inside = config.load(PARAMS, [f"paths.models={tmp_path / 'm'}"])
+    assert inside.paths.models == tmp_path / "m"
+    with pytest.raises(ConfigError, match=r"paths\.models: .* resolves outside the working directory"):
+        inside.check_paths(root=tmp_path / "elsewhere")
+
+
 def test_config_is_frozen() -> None:
     cfg = config.load(PARAMS)
     with pytest.raises(Exception):
@@ -50,6 +67,12 @@ def test_config_is_frozen() -> None:
         (["variants.lstm.cell=transformer"], "variants.lstm.cell"),
         (["train.epochs=many"], "train.epochs"),
         (["data.source=csv"], "data.train_path"),
+        (["train.epochs=true"], "train.epochs"),
+        (["train.learning_rate=.inf"], "train.learning_rate"),
+        (["tokenizer.vocab_size=1e20"], "tokenizer.vocab_size"),
+        (["variants.gru.batch_size=8.0"], "variants.gru.batch_size"),
+        (["paths.artifacts=artifacts"], "unknown key 'paths.artifacts'"),
+        (["paths.models=../models"], "paths.models"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(overrides: list[str], message: str) -> None:
@@ -78,6 +101,9 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
         config.load(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(write_params(tmp_path, "train: [unclosed\n"))
+    (tmp_path / "bytes.yaml").write_bytes(b"seed: 1\ntrain:\n  device: cp\xe9\n")
+    with pytest.raises(ConfigError, match=r"bytes\.yaml: line 3 is not valid UTF-8 \(byte 0xe9\)$"):
+        config.load(tmp_path / "bytes.yaml")
 
 
 def test_unknown_variant_lists_the_known_ones() -> None:

@@ -8,11 +8,12 @@ is one line naming the file and the dotted key.
 from __future__ import annotations
 
 import copy
+import itertools
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from textrnn.errors import TextrnnError
 
@@ -23,16 +24,34 @@ class ConfigError(TextrnnError):
     """A configuration problem, stated in one line that names the file and key."""
 
 
+def _not_a_bool(value: Any) -> Any:
+    # YAML's true/false are Python bools, which are ints to Python and 1.0/0.0 to a lax float.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not true/false")
+    return value
+
+
+# Strict scalar types for every field: `epochs: true` or `vocab_size: 1e20` (a string to PyYAML) is an
+# error, never a silent 1 or a traceback later. Floats take ints and numeric strings (PyYAML reads
+# `1e-3` as a string; YAML 1.2 and users mean a number) but never bools, NaN or Infinity.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, Strict()]
+# Upper bounds where a huge value would overflow a native library (tokenizers, numpy, torch) with a
+# traceback rather than fail cleanly; far above any sane setting.
+MANY = 1_000_000_000
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PathsConfig(_Frozen):
-    """Output locations, relative to the working directory."""
+    """Output locations, relative to the working directory (see `problem` for what is allowed)."""
 
     prepared: Path = Path("data/prepared")
     encoded: Path = Path("data/encoded")
-    artifacts: Path = Path("artifacts")
     models: Path = Path("models")
     metrics: Path = Path("metrics")
     plots: Path = Path("plots")
@@ -40,7 +59,37 @@ class PathsConfig(_Frozen):
 
     @property
     def tokenizer(self) -> Path:
-        return self.artifacts / "tokenizer.json"
+        # Inside the encoded directory: ids and tokenizer are published in one atomic swap.
+        return self.encoded / "tokenizer.json"
+
+    def resolved(self, root: Path) -> dict[str, Path]:
+        """{key: absolute path} with symlinks followed, relative paths taken from `root`."""
+        return {key: (root / getattr(self, key)).resolve() for key in type(self).model_fields}
+
+    def problem(self, root: Path) -> str | None:
+        """Why these paths are unsafe under working directory `root`, in one line naming the key, or None.
+
+        textrnn replaces output directories whole, so each must lie strictly inside `root` (after
+        following symlinks) and no two may be the same directory or nested in one another.
+        """
+        root = root.resolve()
+        try:
+            resolved = self.resolved(root)
+        except (OSError, RuntimeError, ValueError) as error:  # a symlink loop, a NUL byte
+            return f"paths: cannot resolve an output path ({error})"
+        for key, where in resolved.items():
+            if where == root:
+                return f"paths.{key}: {where} is the working directory itself; name a directory inside it"
+            if not where.is_relative_to(root):
+                return f"paths.{key}: {where} resolves outside the working directory {root}"
+        for (first, first_at), (second, second_at) in itertools.combinations(resolved.items(), 2):
+            if first_at == second_at:
+                return f"paths.{second}: {second_at} is also paths.{first}; each output needs its own directory"
+            for (inner, inner_at), (outer, outer_at) in (((first, first_at), (second, second_at)),
+                                                         ((second, second_at), (first, first_at))):
+                if inner_at.is_relative_to(outer_at):
+                    return f"paths.{inner}: {inner_at} lies inside paths.{outer} ({outer_at}); outputs must not nest"
+        return None
 
     def model_dir(self, variant: str) -> Path:
         return self.models / variant
@@ -55,19 +104,19 @@ class PathsConfig(_Frozen):
 class SampleConfig(_Frozen):
     """Size of the embedded, seeded sample corpus (see `textrnn.sample`)."""
 
-    train_rows: int = Field(4000, ge=40)
-    test_rows: int = Field(800, ge=8)
+    train_rows: Int = Field(4000, ge=40, le=100_000_000)
+    test_rows: Int = Field(800, ge=8, le=100_000_000)
 
 
 class DataConfig(_Frozen):
     source: Literal["hf", "csv", "parquet", "sample"] = "hf"
-    hf_name: str = "fancyzhx/ag_news"
+    hf_name: Text = "fancyzhx/ag_news"
     train_path: Path | None = None
     test_path: Path | None = None
-    text_fields: tuple[str, ...] = ("title", "description")
-    classes: tuple[str, ...] = ("World", "Sports", "Business", "Sci/Tech")
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    max_bad_fraction: float = Field(0.01, ge=0.0, lt=1.0)
+    text_fields: tuple[Text, ...] = ("title", "description")
+    classes: tuple[Text, ...] = ("World", "Sports", "Business", "Sci/Tech")
+    val_fraction: Float = Field(0.1, gt=0.0, lt=1.0)
+    max_bad_fraction: Float = Field(0.01, ge=0.0, lt=1.0)
     sample: SampleConfig = SampleConfig()
 
     @field_validator("classes")
@@ -92,40 +141,40 @@ class DataConfig(_Frozen):
 
 
 class TokenizerConfig(_Frozen):
-    vocab_size: int = Field(20000, ge=3)
-    max_len: int = Field(200, ge=1)
-    min_frequency: int = Field(1, ge=1)
+    vocab_size: Int = Field(20000, ge=3, le=10_000_000)
+    max_len: Int = Field(200, ge=1, le=1_000_000)
+    min_frequency: Int = Field(1, ge=1, le=MANY)
 
 
 class BucketsConfig(_Frozen):
     """Sort-within-chunks batching (see `textrnn.bucketing`); `enabled: false` batches at random."""
 
-    enabled: bool = True
-    chunk_batches: int = Field(64, ge=1)
-    token_budget: int | None = Field(None, ge=1)
+    enabled: Bool = True
+    chunk_batches: Int = Field(64, ge=1, le=MANY)
+    token_budget: Int | None = Field(None, ge=1, le=MANY)
 
 
 class TrainConfig(_Frozen):
-    epochs: int = Field(8, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
-    grad_clip: float = Field(1.0, gt=0.0)
+    epochs: Int = Field(8, ge=1, le=1_000_000)
+    learning_rate: Float = Field(1e-3, gt=0.0)
+    grad_clip: Float = Field(1.0, gt=0.0)
     # Sparse embedding gradients with SparseAdam (lazy Adam) for the table, dense Adam elsewhere (optim.py).
-    sparse_embedding: bool = True
-    patience: int = Field(2, ge=1)
+    sparse_embedding: Bool = True
+    patience: Int = Field(2, ge=1, le=1_000_000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = Field(None, ge=1)
+    threads: Int | None = Field(None, ge=1, le=4096)
 
 
 class VariantConfig(_Frozen):
     """One model variant: the architecture `TextRNN` builds and the batch size it trains with."""
 
     cell: Literal["rnn", "lstm", "gru", "bag"]
-    embed_dim: int = Field(64, ge=1)
-    hidden: int = Field(16, ge=1)
-    layers: int = Field(1, ge=1)
-    bidirectional: bool = False
-    masked: bool = True
-    batch_size: int = Field(16, ge=1)
+    embed_dim: Int = Field(64, ge=1, le=65_536)
+    hidden: Int = Field(16, ge=1, le=65_536)
+    layers: Int = Field(1, ge=1, le=64)
+    bidirectional: Bool = False
+    masked: Bool = True
+    batch_size: Int = Field(16, ge=1, le=1_048_576)
 
     @model_validator(mode="after")
     def _bag_is_a_single_masked_mean(self) -> VariantConfig:
@@ -146,23 +195,24 @@ def _default_variants() -> dict[str, VariantConfig]:
 
 
 class TrackingConfig(_Frozen):
-    enabled: bool = True
-    experiment: str = "textrnn"
+    enabled: Bool = True
+    experiment: Text = "textrnn"
 
 
 class RegistryConfig(_Frozen):
-    model_name: str = "agnews-rnn"
-    min_delta: float = Field(0.0, ge=0.0)
+    model_name: Text = "agnews-rnn"
+    min_delta: Float = Field(0.0, ge=0.0)
 
 
 class OrchestrationConfig(_Frozen):
     mode: Literal["local", "distributed"] = "local"
-    max_concurrency: int = Field(2, ge=1)
-    work_pool: str = "gpu"
+    max_concurrency: Int = Field(2, ge=1, le=4096)
+    work_pool: Text = "gpu"
 
 
 class Config(_Frozen):
-    seed: int = 42
+    # numpy's legacy seeding takes 0 <= seed < 2**32; one range for every library.
+    seed: Int = Field(42, ge=0, lt=2**32)
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
@@ -182,6 +232,25 @@ class Config(_Frozen):
             if not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"variant name '{name}' must be letters, digits, '_' or '-'")
         return variants
+
+    def check_paths(self, root: Path | None = None, source: str = "<config>") -> None:
+        """Raise ConfigError (one line naming `source` and the key) unless every `paths.*` lies strictly
+        inside working directory `root` (default: the current one), no two overlap, and no input file
+        (`data.train_path`/`test_path`) lies inside an output directory, which textrnn replaces whole."""
+        root = (root or Path.cwd()).resolve()
+        problem = self.paths.problem(root)
+        if problem is None:
+            outputs = self.paths.resolved(root)
+            for key in ("train_path", "test_path"):
+                given = getattr(self.data, key)
+                where = (root / given).resolve() if given is not None else None
+                inside = [name for name, output in outputs.items() if where is not None and where.is_relative_to(output)]
+                if inside:
+                    problem = (f"data.{key}: {where} lies inside paths.{inside[0]}, which textrnn replaces whole; "
+                               "keep inputs outside the output directories")
+                    break
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
 
     def variant(self, name: str) -> VariantConfig:
         """The named variant's config; raises ConfigError listing the known names."""
@@ -225,15 +294,21 @@ def _first_error_line(source: str, error: ValidationError) -> str:
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
-    return f"{source}: {key}: {first['msg']}"
+    given = first.get("input")
+    # Name a wrong scalar as given (`'1e20'`, `True`): the message alone does not say what was read.
+    shown = f" (got {given!r:.60})" if isinstance(given, (str, int, float)) and first["type"] != "missing" else ""
+    return f"{source}: {key}: {first['msg']}{shown}"
 
 
 def from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
-    """Validate a plain mapping into a Config, raising ConfigError with one line on failure."""
+    """Validate a plain mapping into a Config whose paths are safe in the current working directory
+    (`Config.check_paths`), raising ConfigError with one line on failure."""
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_first_error_line(source, error)) from None
+    cfg.check_paths(source=source)
+    return cfg
 
 
 def read_raw(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
@@ -242,7 +317,14 @@ def read_raw(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        line = error.object[: error.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line} is not valid UTF-8 (byte 0x{error.object[error.start]:02x})") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -255,5 +337,6 @@ def read_raw(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
 
 
 def load(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Load `params.yaml`, apply `dotted.key=value` overrides, and validate the result."""
+    """Load `params.yaml`, apply `dotted.key=value` overrides, and validate the result (paths included:
+    see `Config.check_paths`)."""
     return from_dict(apply_overrides(read_raw(path), overrides), source=str(path))
