@@ -6,6 +6,7 @@ The file's licence forbids committing it, so it is read in place: `TEXTRNN_AG_NE
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -31,10 +32,11 @@ pytestmark = pytest.mark.skipif(not AG_NEWS_TRAIN.is_file(), reason=f"AG News ro
 def cfg(tmp_path_factory):
     """source=csv with the shared file as both train and test; outputs in a temporary folder."""
     out = tmp_path_factory.mktemp("ag_news")
-    return from_dict({
-        "paths": {name: str(out / name) for name in ("prepared", "encoded", "artifacts", "cache")},
-        "data": {"source": "csv", "train_path": str(AG_NEWS_TRAIN), "test_path": str(AG_NEWS_TRAIN)},
-    })
+    with contextlib.chdir(out):  # outputs must lie inside the working directory
+        return from_dict({
+            "paths": {name: str(out / name) for name in ("prepared", "encoded", "cache")},
+            "data": {"source": "csv", "train_path": str(AG_NEWS_TRAIN), "test_path": str(AG_NEWS_TRAIN)},
+        })
 
 
 @pytest.fixture(scope="module")

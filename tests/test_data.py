@@ -21,6 +21,7 @@ import pytest
 from textrnn import data
 from textrnn.config import Config, from_dict
 from textrnn.files import sha256_file
+from textrnn.text import normalize_text
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("World", "Sports", "Business", "Sci/Tech")
@@ -99,11 +100,14 @@ def test_headed_csv_accepts_label_indices_and_class_names(tmp_path):
     assert report["inputs"]["train"]["format"] == "headed_csv"
 
 
-def test_headed_csv_joins_text_fields_and_keeps_backslashes(tmp_path):
-    text = "label,title,description\n1,Cup final,won 2-1 \\o/\n2,Shares,rose\n"
+def test_headed_csv_joins_text_fields_and_normalizes_like_serving(tmp_path):
+    # One normalisation for every source and for serving (textrnn.text): a headed CSV's backslashes and
+    # entities are undone exactly as AG News' are, so train and serve see the same text.
+    text = "label,title,description\n1,Cup final,won 2-1 \\o/ it#39;s\n2,Shares,rose \\$5\n"
     cfg = ag_cfg(tmp_path, text.encode())
     train, _, _ = data.load_source(cfg.data, cfg.seed, cfg.paths.cache)
-    assert train["text"].tolist() == ["Cup final won 2-1 \\o/", "Shares rose"]
+    assert train["text"].tolist() == ["Cup final won 2-1 o/ it's", "Shares rose $5"]
+    assert train["text"].map(normalize_text).tolist() == train["text"].tolist()
 
 
 def test_headed_csv_with_bom_and_crlf(tmp_path):
@@ -184,7 +188,8 @@ BAD_INPUTS = {
     ),
     "runaway quote": (
         b'text,label\na,0\n"' + b"x" * 200_000 + b"\n",
-        "train.csv: malformed CSV at row 3 (line 3): field larger than field limit",
+        "train.csv: line 3: a quoted field opened in the row starting here never closes (it runs to the end of "
+        "the file, line 3;",
     ),
     "empty file": (b"", "train.csv: file is empty (data.train_path)"),
     "no data rows": (b"text,label\n", "train.csv: no data rows"),
@@ -243,8 +248,13 @@ def test_bad_rows_within_threshold_are_dropped_and_counted(tmp_path):
 
     report = data.prepare(cfg)
 
-    assert report["dropped"]["train"] == {"invalid_utf8": 0, "wrong_field_count": 0, "bad_label": 1, "empty_text": 1}
-    assert report["inputs"]["train"]["rows_read"] == 200
+    assert report["dropped"]["train"] == {"field_too_long": 0, "invalid_utf8": 0, "nul_byte": 0,
+                                          "wrong_field_count": 0, "bad_label": 1, "empty_text": 1}
+    inputs = report["inputs"]["train"]
+    assert inputs["rows_read"] == inputs["records"] == 200
+    assert inputs["rows_kept"] == 198
+    assert inputs["dropped_rows"] == {"bad_label": [9], "empty_text": [5]}
+    assert (inputs["lines"], inputs["header_lines"], inputs["blank_lines"]) == (200, 0, 0)
     assert report["rows"]["train"] + report["rows"]["val"] == 198
     assert json.loads((cfg.paths.prepared / "report.json").read_text()) == report
 

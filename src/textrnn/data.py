@@ -7,40 +7,38 @@ Sources (`data.source`):
 - `hf`: a Hugging Face dataset with `train`/`test` splits and `text`/`label` columns (AG News by default).
 - `csv`: either the original AG News CSV (no header; `"class 1-4","title","description"`) or a headed CSV
   with a `label` column and a `text` column (or the `data.text_fields` columns). The format is detected
-  from the first row.
-- `parquet`: a `label` column and a `text` column (or the `data.text_fields` columns).
+  from the first row that is not blank.
+- `parquet`: a `label` column and a `text` column (or the `data.text_fields` columns). A text column must
+  hold strings (or bytes, or missing values): lists, structs, numbers or booleans are refused, naming the
+  file, the column and the first such row, never turned into text.
 - `sample`: the embedded, seeded corpus of `textrnn.sample`.
 
 Labels are an index 0..C-1 or a class name from `data.classes`; AG News' own class numbers 1..C map to
-0..C-1. Text is the text fields joined with one space, whitespace runs collapsed to one space.
+0..C-1. Text is the text fields joined with one space, then `textrnn.text.normalize_text`: the one
+normalisation that predict and serving apply too (whitespace collapsed; HTML entities, AG News' lost-`&`
+entities such as `#39;`, and its backslash line breaks undone), for every source alike.
 
-AG News text (the CSV and the Hub copy, which holds the same strings) carries two quirks of its scrape, and
-both are undone here so the two sources give the same text:
-- a backslash stands for a line break (`dwindling\\band` is "dwindling" and "band" on two lines; `\\\\`
-  is a paragraph break) and becomes a space, except before `$`, where it escapes the dollar sign
-  (`\\$55bn`) and is removed;
-- HTML entities lost their `&`: `#39;` is `&#39;` (an apostrophe), and ` quot;` / ` amp;` had the `&`
-  replaced by a space. These are restored and unescaped, so "it#39;s" reads "it's".
-Headed CSV and parquet files are taken as written (no unescaping), apart from the whitespace collapse.
+Every input record is accounted for: each problem in a record is one bad row, dropped and counted by
+reason (`REASONS`) up to `data.max_bad_fraction` of the records, beyond which the read fails naming the
+reason and the first bad rows. A CSV is read strictly (`textrnn.csv_records`): a quoting error fails the
+read naming the line where the quoted field opened, since the row boundaries after it are unknown and a
+guess would invent or lose rows; a field over 128 KiB is one bad row. Each input report states `records`
+(CSV records after the header, blank lines excluded; frame rows), `rows_read`, `rows_kept`, `dropped` by
+reason and the first `dropped_rows`, and for a CSV `lines`, `header_lines` and `blank_lines`; kept +
+dropped = records (and, for a CSV, header + blank + record lines = lines) is checked, never assumed.
 
-Row numbers in messages are 1-based as a spreadsheet shows them: a headed file's header is row 1, and a
-CSV record whose quoted field spans several lines is still one row. Parquet and Hub rows count from 1.
+Row numbers in messages are 1-based as a spreadsheet shows them: a headed file's header is row 1, a blank
+line is a row, and a CSV record whose quoted field spans several lines is still one row. Framing errors
+name physical lines instead. Parquet and Hub rows count from 1.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import html
-import io
-import itertools
 import logging
 import math
-import numbers
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,145 +47,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from textrnn import sample
+from textrnn import csv_records, lineage, sample
 from textrnn.config import Config, DataConfig
-from textrnn.errors import TextrnnError
 from textrnn.files import atomic_dir, write_json
+from textrnn.rows import DataError, Rows, parse_label  # noqa: F401 (DataError, parse_label: public here)
+from textrnn.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
-# Why a row is dropped, in the order rows are checked, with the words used in messages.
-REASONS: dict[str, str] = {
-    "invalid_utf8": "invalid UTF-8",
-    "wrong_field_count": "wrong field count",
-    "bad_label": "label not in data.classes",
-    "empty_text": "empty text",
-}
 QUANTILES = {"p0": 0, "p5": 5, "p50": 50, "p95": 95, "p100": 100}
-AG_NEWS_COLUMNS = ("class", "title", "description")
-HF_TIMEOUT_S = "10"
-_ROWS_SHOWN = 5  # bad row numbers quoted per reason in an error
 
 
-class DataError(TextrnnError):
-    """Unusable input data, stated in one line that names the file (or dataset) and the bad rows."""
-
-
-# ---------------------------------------------------------------------------------------------- text
-
-
-_NUMERIC_ENTITY = re.compile(r"&?(#\d{1,7});")
-# A named entity whose '&' the scrape turned into a space (or, rarely, kept).
-_NAMED_ENTITY = re.compile(r"[& ](quot|amp|lt|gt|nbsp);")
-_ESCAPED_DOLLAR = re.compile(r"\\(?=\$)")
 _SURROGATE = re.compile("[\udc80-\udcff]")
-
-
-def collapse_whitespace(text: str) -> str:
-    """`text` with leading/trailing whitespace removed and every inner whitespace run made one space."""
-    return " ".join(text.split())
-
-
-def unescape_ag_news(text: str) -> str:
-    """AG News text with its scrape's escapes undone (see the module docstring); whitespace not collapsed."""
-    text = _NUMERIC_ENTITY.sub(r"&\1;", text)
-    text = _NAMED_ENTITY.sub(r"&\1;", text)
-    text = html.unescape(text)
-    text = _ESCAPED_DOLLAR.sub("", text)
-    return text.replace("\\", " ")
-
-
-# -------------------------------------------------------------------------------------- validation
-
-
-def parse_label(value: Any, classes: Sequence[str]) -> int | None:
-    """The class index (0..C-1) that `value` names, or None if it names none.
-
-    `value` is an integer index, an integral float, a decimal string, or a class name from `classes`.
-    Booleans and other values name no class.
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Integral):
-        index = int(value)
-    elif isinstance(value, numbers.Real):
-        if not math.isfinite(value) or value != int(value):
-            return None
-        index = int(value)
-    elif isinstance(value, str):
-        name = value.strip()
-        if name in classes:
-            return classes.index(name)
-        try:
-            index = int(name)
-        except ValueError:
-            return None
-    else:
-        return None
-    return index if 0 <= index < len(classes) else None
-
-
-@dataclass
-class _Rows:
-    """Rows read from one input: the kept texts and labels, and the bad row numbers by reason."""
-
-    source: str
-    texts: list[str] = field(default_factory=list)
-    labels: list[int] = field(default_factory=list)
-    bad: dict[str, list[int]] = field(default_factory=lambda: {reason: [] for reason in REASONS})
-    total: int = 0
-
-    def keep(self, text: str, label: int) -> None:
-        self.total += 1
-        self.texts.append(text)
-        self.labels.append(label)
-
-    def drop(self, row: int, reason: str) -> None:
-        self.total += 1
-        self.bad[reason].append(row)
-
-    def add(self, row: int, text: str, label: int | None) -> None:
-        """Keep the row, or drop it as `bad_label` / `empty_text` (checked in that order)."""
-        if label is None:
-            self.drop(row, "bad_label")
-        elif not text:
-            self.drop(row, "empty_text")
-        else:
-            self.keep(text, label)
-
-    def n_bad(self) -> int:
-        return sum(len(rows) for rows in self.bad.values())
-
-    def checked(self, max_bad_fraction: float) -> tuple[pd.DataFrame, dict[str, int]]:
-        """The kept rows as a frame and the dropped counts by reason.
-
-        Raises DataError when the input has no rows, or more than `max_bad_fraction` of them are bad.
-        """
-        n_bad = self.n_bad()
-        if self.total == 0:
-            raise DataError(f"{self.source}: no data rows")
-        if n_bad > max_bad_fraction * self.total:
-            details = "; ".join(
-                f"{REASONS[reason]} at rows {_row_list(rows)}" for reason, rows in self.bad.items() if rows
-            )
-            raise DataError(
-                f"{self.source}: {n_bad} of {self.total} rows are bad "
-                f"(> data.max_bad_fraction {max_bad_fraction:g}): {details}"
-            )
-        dropped = {reason: len(rows) for reason, rows in self.bad.items()}
-        if n_bad:
-            logger.warning("%s: dropped %d of %d rows (%s)", self.source, n_bad, self.total,
-                           ", ".join(f"{reason} {count}" for reason, count in dropped.items() if count))
-        frame = pd.DataFrame({"text": pd.Series(self.texts, dtype=object),
-                              "label": np.asarray(self.labels, dtype=np.int64)})
-        return frame, dropped
-
-
-def _row_list(rows: list[int]) -> str:
-    shown = ", ".join(str(row) for row in rows[:_ROWS_SHOWN])
-    return shown + (" ..." if len(rows) > _ROWS_SHOWN else "")
 
 
 def _has_undecodable(values: Iterable[str]) -> bool:
@@ -208,9 +81,8 @@ def _text_columns(columns: Sequence[str], text_fields: Sequence[str], source: st
     )
 
 
-def _join_text(parts: Iterable[str], ag_news: bool) -> str:
-    text = " ".join(parts)
-    return collapse_whitespace(unescape_ag_news(text) if ag_news else text)
+def _join_text(parts: Iterable[str]) -> str:
+    return normalize_text(" ".join(parts))
 
 
 # ------------------------------------------------------------------------------------------- readers
@@ -228,118 +100,85 @@ def _read_bytes(path: Path, key: str) -> bytes:
         raise DataError(f"{path}: cannot read ({error.strerror or error}) ({key})") from None
 
 
-def _csv_records(raw: bytes, path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(row number, fields) for each CSV record; a quoted field may span lines and still be one row.
-
-    The bytes are decoded with surrogateescape so that one bad byte spoils only its own row (see
-    `_has_undecodable`), and csv sees the same quoting it would in a clean file. A record csv cannot
-    parse at all (e.g. a stray quote swallowing the rest of the file) raises DataError.
-    """
-    text = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    row = 0
-    while True:
-        row += 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as error:
-            raise DataError(f"{path}: malformed CSV at row {row} (line {reader.line_num}): {error}") from None
-        yield row, fields
-
-
 def read_csv(path: Path, cfg: DataConfig, key: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows of an AG News or headed CSV file, validated; see the module docstring for both formats.
 
-    Returns the kept rows (text, label) and an input report (path, sha256, format, rows read and
-    dropped by reason). Raises DataError for a missing, empty, unrecognised or too-broken file.
+    Returns the kept rows (text, label) and an input report (path, sha256, format, and the accounting:
+    lines, header/blank lines, records, rows read/kept, dropped by reason). Raises DataError for a
+    missing, empty, unrecognised, mis-quoted (naming the line) or too-broken file.
     """
     raw = _read_bytes(path, key)
-    records = _csv_records(raw, path)
-    rows = _Rows(source=str(path))
-    first = next(records, None)
-    if first is None:
-        raise DataError(f"{path}: file is empty ({key})")
-    header = [name.strip() for name in first[1]]
-    if _looks_like_ag_news(header):
-        fmt = "ag_news"
-        columns = _ag_news_text_columns(cfg.text_fields, path)
-        _read_records(itertools.chain([first], records), rows, len(AG_NEWS_COLUMNS), columns, 0,
-                      lambda value: _ag_news_label(value, len(cfg.classes)), ag_news=True)
-    elif "label" in header:
-        fmt = "headed_csv"
-        names = _text_columns(header, cfg.text_fields, str(path))
-        columns = [header.index(name) for name in names]
-        _read_records(records, rows, len(header), columns, header.index("label"),
-                      lambda value: parse_label(value, cfg.classes), ag_news=False)
+    # surrogateescape: one bad byte spoils only its own row (see `_has_undecodable`), and csv sees the
+    # same quoting it would in a clean file.
+    try:
+        table = csv_records.read_table(raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff"))
+    except csv_records.CsvError as error:
+        raise DataError(f"{path}: {error} ({key})") from None
+    names = _text_columns(table.columns, cfg.text_fields, str(path))
+    if table.format == "ag_news":
+        label_column, label_of = 0, lambda value: csv_records.ag_news_label(value, len(cfg.classes))
     else:
-        raise DataError(
-            f"{path}: cannot tell the CSV format from row 1: expected AG News rows "
-            '("class 1-4","title","description") or a header with a \'label\' column'
-        )
-    frame, dropped = rows.checked(cfg.max_bad_fraction)
-    report = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "format": fmt,
-              "rows_read": rows.total, "rows_kept": len(frame), "dropped": dropped}
+        label_column, label_of = table.columns.index("label"), lambda value: parse_label(value, cfg.classes)
+    rows = Rows(source=str(path))
+    _read_records(table.records, rows, len(table.columns), [table.columns.index(name) for name in names],
+                  label_column, label_of)
+    frame, accounting = rows.checked(cfg.max_bad_fraction, records=len(table.records))
+    report = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "format": table.format,
+              "lines": table.lines, "header_lines": table.header_lines, "blank_lines": table.blank_lines,
+              **accounting}
     return frame, report
 
 
-def _looks_like_ag_news(first_row: list[str]) -> bool:
-    return len(first_row) == len(AG_NEWS_COLUMNS) and first_row[0].isascii() and first_row[0].isdigit()
+def _bad_strings(values: Sequence[str]) -> str | None:
+    """The reason strings read from one row are unusable (checked in REASONS order), or None."""
+    if any(len(value) > csv_records.FIELD_LIMIT for value in values):
+        return "field_too_long"
+    if _has_undecodable(values):
+        return "invalid_utf8"
+    if any("\x00" in value for value in values):
+        return "nul_byte"
+    return None
 
 
-def _ag_news_text_columns(text_fields: Sequence[str], path: Path) -> list[int]:
-    unknown = [name for name in text_fields if name not in AG_NEWS_COLUMNS[1:]]
-    if unknown:
-        raise DataError(
-            f"{path}: data.text_fields {', '.join(unknown)} not among the AG News columns (title, description)"
-        )
-    return [AG_NEWS_COLUMNS.index(name) for name in text_fields]
-
-
-def _ag_news_label(value: str, n_classes: int) -> int | None:
-    """AG News' class number 1..C as an index 0..C-1; None for anything else (names are not used there)."""
-    value = value.strip()
-    if not (value.isascii() and value.isdigit()):
-        return None
-    index = int(value) - 1
-    return index if 0 <= index < n_classes else None
-
-
-def _read_records(records: Iterable[tuple[int, list[str]]], rows: _Rows, n_fields: int, text_columns: list[int],
-                  label_column: int, label_of: Callable[[str], int | None], ag_news: bool) -> None:
-    """Validate CSV records into `rows`, checking UTF-8, then the field count, then label and text."""
-    for row, fields in records:
-        if not fields:  # a blank line holds no row
-            continue
-        if _has_undecodable(fields):
-            rows.drop(row, "invalid_utf8")
-        elif len(fields) != n_fields:
-            rows.drop(row, "wrong_field_count")
+def _read_records(records: Iterable[csv_records.Record], rows: Rows, n_fields: int, text_columns: list[int],
+                  label_column: int, label_of: Callable[[str], int | None]) -> None:
+    """Validate non-blank CSV records into `rows`: field length, UTF-8, NUL, field count, label, text."""
+    for record in records:
+        fields = record.fields
+        reason = _bad_strings(fields) or ("wrong_field_count" if len(fields) != n_fields else None)
+        if reason:
+            rows.drop(record.row, reason)
         else:
-            text = _join_text((fields[i] for i in text_columns), ag_news=ag_news)
-            rows.add(row, text, label_of(fields[label_column]))
+            rows.add(record.row, _join_text(fields[i] for i in text_columns), label_of(fields[label_column]))
 
 
-def _frame_rows(frame: pd.DataFrame, cfg: DataConfig, source: str, ag_news: bool) -> _Rows:
+def _frame_rows(frame: pd.DataFrame, cfg: DataConfig, source: str) -> Rows:
     """Validate a frame's rows (numbered from 1) that have a `label` column and text columns."""
     columns = [str(name) for name in frame.columns]
     if "label" not in columns:
         raise DataError(f"{source}: no 'label' column among the columns ({', '.join(columns)})")
     names = _text_columns(columns, cfg.text_fields, source)
-    rows = _Rows(source=source)
+    rows = Rows(source=source)
     text_values = zip(*(frame[name].tolist() for name in names))
     for row, (parts, label_value) in enumerate(zip(text_values, frame["label"].tolist()), start=1):
-        strings = [_cell_text(part) for part in parts]
+        strings = [_cell_text(part, source, name, row) for part, name in zip(parts, names)]
         if any(text is None for text in strings):
             rows.drop(row, "invalid_utf8")
-            continue
-        rows.add(row, _join_text(strings, ag_news=ag_news), parse_label(label_value, cfg.classes))
+        elif reason := _bad_strings(strings):
+            rows.drop(row, reason)
+        else:
+            rows.add(row, _join_text(strings), parse_label(label_value, cfg.classes))
     return rows
 
 
-def _cell_text(value: Any) -> str | None:
-    """A cell as text: '' for a missing value, None for bytes that are not UTF-8."""
+def _cell_text(value: Any, source: str, column: str, row: int) -> str | None:
+    """A text cell as a str: '' for a missing value, None for bytes that are not UTF-8.
+
+    Raises DataError for anything else (a number, a bool, a list, a dict): text is never made up from
+    values that are not text.
+    """
+    if isinstance(value, str):
+        return value
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, bytes):
@@ -347,21 +186,41 @@ def _cell_text(value: Any) -> str | None:
             return value.decode("utf-8")
         except UnicodeDecodeError:
             return None
-    return str(value)
+    raise DataError(f"{source}: text column '{column}' holds a {type(value).__name__} at row {row}, "
+                    "not a string (text columns must hold strings)")
+
+
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary,
+               pa.types.is_null, *([pa.types.is_string_view] if hasattr(pa.types, "is_string_view") else []))
+
+
+def _check_text_types(table: pa.Table, names: list[str], path: Path) -> None:
+    """DataError naming the column and its first value when a parquet text column is not a string type."""
+    for name in names:
+        column = table.column(name)
+        kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+        if any(check(kind) for check in _TEXT_TYPES):
+            continue
+        present = np.flatnonzero(column.is_valid().to_numpy(zero_copy_only=False))
+        where = f"first at row {present[0] + 1}" if len(present) else "every value missing"
+        raise DataError(f"{path}: text column '{name}' holds {column.type} values, not strings ({where}); "
+                        "text columns must hold strings")
 
 
 def read_parquet(path: Path, cfg: DataConfig, key: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows of a parquet file with a `label` column and text columns, validated; as `read_csv` returns."""
     raw = _read_bytes(path, key)
     try:
-        frame = pq.read_table(pa.BufferReader(raw)).to_pandas()
+        table = pq.read_table(pa.BufferReader(raw))
     except (pa.ArrowException, OSError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DataError(f"{path}: not a readable parquet file ({message}) ({key})") from None
-    rows = _frame_rows(frame, cfg, str(path), ag_news=False)
-    kept, dropped = rows.checked(cfg.max_bad_fraction)
-    report = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "format": "parquet",
-              "rows_read": rows.total, "rows_kept": len(kept), "dropped": dropped}
+    if "label" in table.column_names:
+        _check_text_types(table, _text_columns(table.column_names, cfg.text_fields, str(path)), path)
+    frame = table.to_pandas()
+    rows = _frame_rows(frame, cfg, str(path))
+    kept, accounting = rows.checked(cfg.max_bad_fraction, records=len(frame))
+    report = {"path": str(path), "sha256": hashlib.sha256(raw).hexdigest(), "format": "parquet", **accounting}
     return kept, report
 
 
@@ -376,87 +235,26 @@ def _load_files(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, 
     return train, test, {"train": train_report, "test": test_report}
 
 
-def _offline_message(hf_name: str, cause: str) -> str:
-    """The one line for an unreachable Hub: what failed and how to point the pipeline at local data."""
-    from huggingface_hub import constants
-
-    cache_hint = ("HF_HUB_OFFLINE is set and no usable cached copy was found" if constants.HF_HUB_OFFLINE
-                  else "or set HF_HUB_OFFLINE=1 to use a cached copy")
-    return (
-        f"cannot download {hf_name} from the Hugging Face Hub (offline? {cause}): use data.source=csv with "
-        f"data.train_path/data.test_path, or data.source=sample ({cache_hint})"
-    )
-
-
-def _hub_revision(hf_name: str) -> str | None:
-    """The dataset's current commit on the Hub, asked once with a short timeout and no retries.
-
-    `load_dataset` retries an unreachable Hub for ~25 s; this probe fails in at most HF_TIMEOUT_S.
-    Returns None in offline mode (HF_HUB_OFFLINE), where `load_dataset` reads the local cache.
-    """
-    from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-    if constants.HF_HUB_OFFLINE:
-        return None
-    try:
-        return HfApi().dataset_info(hf_name, timeout=float(HF_TIMEOUT_S)).sha
-    except RepositoryNotFoundError:
-        raise DataError(f"{hf_name}: dataset not found on the Hugging Face Hub, or gated (data.hf_name)") from None
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else "?"
-        raise DataError(_offline_message(hf_name, f"HTTP {status}")) from error
-    except Exception as error:  # the HTTP client's connection and timeout errors have no common public base
-        raise DataError(_offline_message(hf_name, type(error).__name__)) from error
-
-
 def _load_hf(cfg: DataConfig, cache_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    hf_home = Path(cache_dir).resolve() / "hf"
-    # huggingface_hub reads these when first imported, so they are set before the lazy imports below.
-    os.environ["HF_HOME"] = str(hf_home)
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", HF_TIMEOUT_S)
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", HF_TIMEOUT_S)
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import datasets
+    from textrnn import hub  # imports datasets: only for this source
 
-    revision = _hub_revision(cfg.hf_name)
-    try:
-        dataset = datasets.load_dataset(cfg.hf_name, revision=revision, cache_dir=str(hf_home / "datasets"))
-    except Exception as error:  # network, cache and format errors all mean: this source is unusable now
-        raise DataError(_offline_message(cfg.hf_name, type(error).__name__)) from error
     frames, reports = [], {}
-    for split in ("train", "test"):
-        if split not in dataset:
-            raise DataError(f"{cfg.hf_name}: no '{split}' split (has {', '.join(dataset)}) (data.hf_name)")
-        part = dataset[split]
-        _check_hf_classes(part, cfg)
-        rows = _frame_rows(part.to_pandas(), cfg, f"{cfg.hf_name} [{split}]", ag_news=True)
-        frame, dropped = rows.checked(cfg.max_bad_fraction)
+    for split, (part_frame, meta) in hub.download_splits(cfg, cache_dir).items():
+        rows = _frame_rows(part_frame, cfg, f"{cfg.hf_name} [{split}]")
+        frame, accounting = rows.checked(cfg.max_bad_fraction, records=len(part_frame))
         frames.append(frame)
-        reports[split] = {"hf_name": cfg.hf_name, "split": split, "revision": revision,
-                          "fingerprint": getattr(part, "_fingerprint", None), "format": "hf",
-                          "rows_read": rows.total, "rows_kept": len(frame), "dropped": dropped}
+        reports[split] = {**meta, **accounting}
     return frames[0], frames[1], reports
-
-
-def _check_hf_classes(part: Any, cfg: DataConfig) -> None:
-    """DataError when the dataset names its classes and they differ from `data.classes`."""
-    names = getattr(part.features.get("label"), "names", None)
-    if names is not None and tuple(names) != tuple(cfg.classes):
-        raise DataError(
-            f"{cfg.hf_name}: its classes ({', '.join(names)}) differ from data.classes ({', '.join(cfg.classes)})"
-        )
 
 
 def _load_sample(cfg: DataConfig, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     train_raw, test_raw = sample.generate_splits(cfg, seed)
     frames, reports = [], {}
     for split, raw in (("train", train_raw), ("test", test_raw)):
-        rows = _frame_rows(raw, cfg, f"sample [{split}]", ag_news=False)
-        frame, dropped = rows.checked(cfg.max_bad_fraction)
+        rows = _frame_rows(raw, cfg, f"sample [{split}]")
+        frame, accounting = rows.checked(cfg.max_bad_fraction, records=len(raw))
         frames.append(frame)
-        reports[split] = {"generator": "textrnn.sample", "seed": seed, "format": "sample",
-                          "rows_read": rows.total, "rows_kept": len(frame), "dropped": dropped}
+        reports[split] = {"generator": "textrnn.sample", "seed": seed, "format": "sample", **accounting}
     return frames[0], frames[1], reports
 
 
@@ -572,9 +370,10 @@ def prepare(cfg: Config) -> dict[str, Any]:
     train, val = stratified_split(train_raw, cfg.data.val_fraction, cfg.seed)
     splits = {"train": train, "val": val, "test": test}
     report = build_report(cfg, splits, source_report)
-    with atomic_dir(cfg.paths.prepared) as staging:
+    with atomic_dir(cfg.paths.prepared, key="prepared") as staging:
         for name, frame in splits.items():
             write_split(frame, staging / f"{name}.parquet")
+        report["outputs"] = lineage.outputs(staging)  # what encode checks before it reads the splits
         write_json(staging / "report.json", report)
     logger.info("prepared %s", ", ".join(f"{name} {len(frame)}" for name, frame in splits.items()))
     return report
