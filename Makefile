@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf data artifacts models metrics plots mlruns mlartifacts mlflow.db .cache .prefect
+	rm -rf data models metrics plots mlruns mlartifacts mlflow.db .cache .prefect
 
 # ---- Prefect: a local server, workers and the deployments in prefect.yaml ("Run on a schedule") ----
 # `make prefect-server` in one terminal, `make deploy` once, then one `make worker` per pool (and per GPU).

@@ -25,7 +25,7 @@ RESULTS = REPO / "bench" / "results"
 # Real AG News rows under a non-commercial licence: read in place, never copied into the repo.
 AG_NEWS = REPO.parent / "shared" / "data" / "ag_news" / "train_head_10429.csv"
 # Every path textrnn writes, pointed into a throwaway directory so a benchmark never touches the checkout.
-PATH_KEYS = ("prepared", "encoded", "artifacts", "models", "metrics", "plots", "cache")
+PATH_KEYS = ("prepared", "encoded", "models", "metrics", "plots", "cache")
 # Quiet, offline libraries in every process a benchmark starts (the Makefile exports the same).
 QUIET_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "ORT_DISABLE_TELEMETRY": "1", "DVC_NO_ANALYTICS": "1",
              "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_DISABLE_TELEMETRY": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}

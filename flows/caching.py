@@ -33,12 +33,13 @@ RESULTS_SUBDIR = "prefect-results"
 # reads `data` and `tokenizer` whole because it logs the full config to the variant's MLflow run.
 STEP_KEYS: dict[str, tuple[str, ...]] = {
     "prepare": ("seed", "data", "paths.prepared", "paths.cache"),
-    "encode": ("seed", "tokenizer", "buckets", "paths.prepared", "paths.encoded", "paths.artifacts"),
+    # Every step but prepare also reads paths.cache: its lock lives there (textrnn.locks).
+    "encode": ("seed", "tokenizer", "buckets", "paths.prepared", "paths.encoded", "paths.cache"),
     "train": ("seed", "data", "tokenizer", "buckets", "train", "variants.{variant}", "tracking", "paths.prepared",
-              "paths.encoded", "paths.artifacts", "paths.models", "paths.metrics"),
-    "export": ("tracking", "paths.prepared", "paths.artifacts", "paths.models"),
-    "evaluate": ("data.classes", "data.source", "tracking", "paths.prepared", "paths.models", "paths.metrics",
-                 "paths.plots"),
+              "paths.encoded", "paths.models", "paths.metrics", "paths.plots", "paths.cache"),
+    "export": ("tracking", "paths.prepared", "paths.encoded", "paths.models", "paths.cache"),
+    "evaluate": ("data.classes", "data.source", "tracking", "paths.prepared", "paths.encoded", "paths.models",
+                 "paths.metrics", "paths.plots", "paths.cache"),
 }
 
 

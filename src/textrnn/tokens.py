@@ -3,6 +3,11 @@
 The tokenizer standardises text the way the lesson's Keras `TextVectorization` does (lowercase, strip
 punctuation, split on whitespace), reserves `[PAD]`=0 and `[UNK]`=1, and truncates at `max_len`. It is
 saved as one `tokenizer.json`, which is all inference needs to turn raw text into ids.
+
+`encode` publishes one directory (`paths.encoded`) in one atomic swap: the ids of every split, the
+tokenizer that made them, the bucket report, and `lineage.json`, which records the prepared files it
+read (sha256), the config slice it used and the sha256 of every file it wrote. Ids and tokenizer can
+therefore never come from two different runs.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
+from textrnn import lineage
 from textrnn.errors import TextrnnError
-from textrnn.files import atomic_dir, atomic_path, write_json
+from textrnn.files import atomic_dir, atomic_path, read_json, write_json
 
 if TYPE_CHECKING:
     from textrnn.config import Config
 
+TOKENIZER_FILE, BUCKETS_FILE, LINEAGE_FILE = "tokenizer.json", "buckets.json", "lineage.json"
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
 # The batch sizes the bucket report measures: fixed, not the variants' (train.json reports each
@@ -134,16 +141,41 @@ def split_path(encoded_dir: Path, split: str) -> Path:
     return Path(encoded_dir) / f"{split}.npz"
 
 
-def encode(cfg: Config) -> dict:
-    """The `encode` step: fit the vocabulary on the train split only, encode every split, and measure
-    bucketing's padding efficiency at `REPORT_BATCH_SIZES`.
+def verify_prepared(prepared_dir: Path, splits: tuple[str, ...]) -> Path:
+    """Check each prepared split file against the sha256 that `prepare` recorded in report.json (its
+    `outputs`); returns the report's path. Raises LineageError naming both files on any difference."""
+    report_path = Path(prepared_dir) / "report.json"
+    if not report_path.is_file():
+        raise TextrnnError(f"{report_path}: not found (run `textrnn prepare` first)")
+    try:
+        recorded = read_json(report_path).get("outputs")
+    except (ValueError, AttributeError):
+        raise TextrnnError(f"{report_path}: not a prepare report (run `textrnn prepare` again)") from None
+    lineage.verify_outputs(prepared_dir, recorded, report_path, only=[f"{split}.parquet" for split in splits])
+    return report_path
 
-    Writes `paths.artifacts/tokenizer.json`, `paths.encoded/{split}.npz` and `paths.encoded/buckets.json`
-    (all in one atomic swap for the encoded dir); returns the bucket report.
+
+def encode_config(cfg: Config) -> dict:
+    """The config slice `encode` reads, as recorded in lineage.json (and declared in dvc.yaml)."""
+    return {
+        "seed": cfg.seed,
+        "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+        "buckets": cfg.buckets.model_dump(mode="json"),
+    }
+
+
+def encode(cfg: Config) -> dict:
+    """The `encode` step: check the prepared splits against prepare's report, fit the vocabulary on the
+    train split only, encode every split, and measure bucketing's padding efficiency at
+    `REPORT_BATCH_SIZES`.
+
+    Writes `paths.encoded/` in one atomic swap: `{split}.npz`, `tokenizer.json`, `buckets.json` and
+    `lineage.json` (inputs' and outputs' sha256, config slice). Returns the bucket report.
     """
     from textrnn.bucketing import bucket_report
     from textrnn.data import SPLITS, read_split
 
+    verify_prepared(cfg.paths.prepared, SPLITS)
     frames = {split: read_split(cfg.paths.prepared, split) for split in SPLITS}
     tokenizer = build_tokenizer(
         frames["train"]["text"].tolist(), cfg.tokenizer.vocab_size, cfg.tokenizer.min_frequency, cfg.tokenizer.max_len
@@ -153,7 +185,6 @@ def encode(cfg: Config) -> dict:
         for split, frame in frames.items()
     }
     train_lengths = encoded["train"].texts.lengths
-    batch_sizes = REPORT_BATCH_SIZES
     report = {
         "vocab_size": tokenizer.get_vocab_size(),
         "unknown_token_rate": {
@@ -165,12 +196,14 @@ def encode(cfg: Config) -> dict:
         },
         "by_batch_size": [
             bucket_report(train_lengths, size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget)
-            for size in batch_sizes
+            for size in REPORT_BATCH_SIZES
         ],
     }
-    with atomic_dir(cfg.paths.encoded) as tmp_dir:
+    record = lineage.record([Path(cfg.paths.prepared) / f"{split}.parquet" for split in SPLITS], encode_config(cfg))
+    with atomic_dir(cfg.paths.encoded, key="encoded") as staging:
         for split, split_data in encoded.items():
-            split_data.save(split_path(tmp_dir, split))
-        write_json(tmp_dir / "buckets.json", report)
-    save_tokenizer(tokenizer, cfg.paths.tokenizer)
+            split_data.save(split_path(staging, split))
+        save_tokenizer(tokenizer, staging / TOKENIZER_FILE)
+        write_json(staging / BUCKETS_FILE, report)
+        write_json(staging / LINEAGE_FILE, {**record, "outputs": lineage.outputs(staging)})
     return report
