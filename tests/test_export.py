@@ -24,7 +24,8 @@ from textrnn.files import read_json
 from textrnn.inference import cpu_session
 from textrnn.models import build_model
 from textrnn.tokens import load_tokenizer
-from textrnn.train import model_path, save_model
+from textrnn.checkpoints import save_model
+from textrnn.train import check_inputs, model_path
 
 VARIANTS = list(Config().variants)
 MASKED_VARIANTS = [name for name, variant in Config().variants.items() if variant.masked]
@@ -35,7 +36,8 @@ def save_untrained(cfg: Config, variant_name: str, seed: int = 0) -> None:
     torch.manual_seed(seed)
     vocab_size = load_tokenizer(cfg.paths.tokenizer).get_vocab_size()
     model = build_model(cfg.variant(variant_name), vocab_size, len(cfg.data.classes))
-    save_model(model, model.state_dict(), cfg.data.classes, model_path(cfg, variant_name))
+    # With the lineage record training writes: export checks the tokenizer against it.
+    save_model(model, model.state_dict(), cfg.data.classes, model_path(cfg, variant_name), check_inputs(cfg, variant_name))
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +90,10 @@ def test_exported_graph_has_symbolic_inputs_opset_and_class_names(exported, vari
     assert next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")) >= 17
     metadata = {entry.key: entry.value for entry in proto.metadata_props}
     assert json.loads(metadata["textrnn.classes"]) == list(cfg.data.classes)
+    # The final graph's digest, stamped last: the file verifies itself wherever it is copied.
+    from textrnn.onnx_graph import graph_digest
+
+    assert metadata["textrnn.graph_sha256"] == graph_digest(proto) == exported[1][variant_name]["graph_sha256"]
 
 
 def with_extra_pads(token_ids: np.ndarray, columns: int) -> np.ndarray:
@@ -125,23 +131,42 @@ def _corrupting(write_onnx):
     return write_and_corrupt
 
 
-def test_failed_parity_leaves_no_model_onnx_and_a_failed_report(workspace: Path, monkeypatch) -> None:
+def test_failed_parity_keeps_the_previous_export_and_reports_the_failure(workspace: Path, monkeypatch) -> None:
     cfg = make_config(workspace)
     save_untrained(cfg, "gru")
-    export_variant(cfg, "gru")  # a good graph first: the failure must remove it too
-    onnx_file = cfg.paths.model_dir("gru") / "model.onnx"
-    assert onnx_file.is_file()
+    export_variant(cfg, "gru")  # a good export first: the failure must leave it exactly as it was
+    model_dir = cfg.paths.model_dir("gru")
+    before = {name: (model_dir / name).read_bytes() for name in ("model.onnx", "export.json", "tokenizer.json")}
 
     monkeypatch.setattr(export, "write_onnx", _corrupting(export.write_onnx))
     with pytest.raises(ExportError, match="parity failed") as raised:
         export_variant(cfg, "gru")
 
-    assert "\n" not in str(raised.value)
-    assert not onnx_file.exists()
-    assert not [path for path in onnx_file.parent.iterdir() if path.suffix == ".tmp"]
-    report = read_json(cfg.paths.model_dir("gru") / "export.json")
-    assert report["passed"] is False and report["max_abs_diff"] > PARITY_ATOL
-    assert report["error"] == str(raised.value)
+    assert "\n" not in str(raised.value) and "export.failed.json" in str(raised.value)
+    assert {name: (model_dir / name).read_bytes() for name in before} == before
+    assert not [path for path in model_dir.iterdir() if path.suffix == ".tmp"]
+    failed = read_json(model_dir / "export.failed.json")
+    assert failed["passed"] is False and failed["max_abs_diff"] > PARITY_ATOL
+    assert failed["error"] == str(raised.value)
+
+
+def test_export_records_its_inputs_and_refuses_another_tokenizer(workspace: Path) -> None:
+    from textrnn.files import sha256_file
+    from textrnn.lineage import LineageError
+
+    cfg = make_config(workspace)
+    save_untrained(cfg, "bag")
+    report = export_variant(cfg, "bag")
+    model_pt = model_path(cfg, "bag")
+    assert report["lineage"]["inputs"] == {"models/bag/model.pt": sha256_file(model_pt),
+                                           "data/encoded/tokenizer.json": sha256_file(cfg.paths.tokenizer)}
+    assert report["lineage"]["config"]["variant"]["name"] == "bag"
+    before = (cfg.paths.model_dir("bag") / "model.onnx").read_bytes()
+    tokenizer = cfg.paths.tokenizer
+    tokenizer.write_text(tokenizer.read_text().replace('"[UNK]"', '"[UNK]" ', 1))
+    with pytest.raises(LineageError, match="tokenizer.json does not match .*models/bag/model.pt"):
+        export_variant(cfg, "bag")
+    assert (cfg.paths.model_dir("bag") / "model.onnx").read_bytes() == before
 
 
 def test_check_symbolic_inputs_rejects_a_fixed_sequence_length(exported) -> None:

@@ -19,7 +19,7 @@ from textrnn.evaluate import evaluate_variant
 from textrnn.export import export_variant
 from textrnn.train import checkpoint_path, model_path, train_variant
 
-from conftest import PARAMS, REPO_ROOT, SMALL_SAMPLE, make_config, path_overrides
+from conftest import PARAMS, SMALL_SAMPLE, make_config, path_overrides
 
 # Enough epochs and a livelier learning rate than the lesson's so the small corpus trains in seconds.
 BEHAVIOUR = ["train.epochs=8", "train.learning_rate=0.005", "variants.lstm.batch_size=16"]
@@ -101,7 +101,7 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: 
     checkpoint_path(cfg, "lstm").unlink()
 
     # A real process, really killed (SIGKILL: no cleanup) once its first epoch's checkpoint is on disk.
-    process = subprocess.Popen(_train_command(workspace), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_train_command(workspace), cwd=workspace, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while not checkpoint_path(cfg, "lstm").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -110,12 +110,67 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: 
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not model_path(cfg, "lstm").exists()
-    killed_after = torch.load(checkpoint_path(cfg, "lstm"), weights_only=False)["state"]["epoch"]
+    killed_after = torch.load(checkpoint_path(cfg, "lstm"), weights_only=True)["state"]["epoch"]
     assert killed_after < 4
 
-    resumed = subprocess.run(_train_command(workspace, "--resume"), cwd=REPO_ROOT, capture_output=True, text=True)
+    resumed = subprocess.run(_train_command(workspace, "--resume"), cwd=workspace, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     weights = torch.load(model_path(cfg, "lstm"), weights_only=True)["state_dict"]
     assert all(torch.equal(reference[k], weights[k]) for k in reference)
     history = json.loads((cfg.paths.metrics_dir("lstm") / "train.json").read_text())["history"]
     assert [h["val_loss"] for h in history] == [h["val_loss"] for h in uninterrupted["history"]]
+
+
+def test_outputs_record_their_inputs_and_training_config(workspace: Path) -> None:
+    from textrnn.files import sha256_file
+    from textrnn.train import training_config
+
+    cfg = make_config(workspace, "train.epochs=1")
+    summary = train_variant(cfg, "bag")
+    expected_inputs = {f"data/encoded/{name}": sha256_file(workspace / "data" / "encoded" / name)
+                       for name in ("train.npz", "val.npz", "tokenizer.json")}
+    for record in (summary["lineage"], torch.load(model_path(cfg, "bag"), weights_only=True)["lineage"],
+                   torch.load(checkpoint_path(cfg, "bag"), weights_only=True)["lineage"]):
+        assert record["inputs"] == expected_inputs
+        assert record["config"] == training_config(cfg, "bag")
+    assert summary["model_pt_sha256"] == sha256_file(model_path(cfg, "bag"))
+    assert "device" not in training_config(cfg, "bag")["train"] and training_config(cfg, "bag")["variant"]["name"] == "bag"
+
+
+def test_a_new_run_clears_the_variants_previous_outputs_first(workspace: Path) -> None:
+    from textrnn.train import clear_outputs, variant_outputs
+
+    cfg = make_config(workspace, "train.epochs=1")
+    outputs = variant_outputs(cfg, "gru")
+    for path in outputs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("old")
+    mine = cfg.paths.model_dir("gru") / "notes.txt"
+    mine.write_text("a user's file")
+    clear_outputs(cfg, "gru", resume=True, run_record=False)
+    assert checkpoint_path(cfg, "gru").exists() and (cfg.paths.model_dir("gru") / "mlflow_run.json").exists()
+    clear_outputs(cfg, "gru")
+    assert not [path for path in outputs if path.exists()] and mine.read_text() == "a user's file"
+
+
+def test_divergence_is_caught_at_the_first_non_finite_loss(workspace: Path) -> None:
+    from textrnn.train import TrainingDiverged
+
+    cfg = make_config(workspace, "train.epochs=1", "train.learning_rate=1e30")
+    with pytest.raises(TrainingDiverged, match=r"lstm epoch 1/1, step \d+: loss is") as raised:
+        train_variant(cfg, "lstm")
+    assert "\n" not in str(raised.value)
+    assert not model_path(cfg, "lstm").exists()
+
+
+@pytest.mark.parametrize("changed", ["train.learning_rate=0.01", "seed=1", "train.epochs=3", "variants.gru.hidden=8",
+                                     "buckets.enabled=false", "tokenizer.min_frequency=2", "data.classes=[a,b,c,d]"])
+def test_resume_refuses_each_kind_of_changed_training_key(workspace: Path, changed: str) -> None:
+    from textrnn.checkpoints import CheckpointError
+
+    train_variant(make_config(workspace, "train.epochs=1"), "gru")
+    key = changed.split("=")[0].replace("variants.gru.", "variant.")
+    with pytest.raises(CheckpointError, match=f"cannot resume, the training config changed: {key}"):
+        train_variant(make_config(workspace, "train.epochs=1", changed), "gru", resume=True)
+    # Device and thread count may change on resume: they do not change what is learnt.
+    train_variant(make_config(workspace, "train.epochs=1", "train.threads=2", "train.device=cpu"), "gru", resume=True)

@@ -2,6 +2,10 @@
 
 Writes `metrics/<variant>/eval.json` (accuracy, macro-F1, per-class precision/recall/F1, confusion matrix)
 and `plots/<variant>/` (`predictions.json`, `confusion_matrix.png`, `learning_curves.png` from the training history).
+
+Before scoring, `check_export` verifies that `model.onnx`, its `tokenizer.json` and `model.pt` are the
+files `export.json` recorded, and that the prepared test split is the one encode read; eval.json records
+the sha256 of what was scored (`lineage`), which register verifies again.
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
+from textrnn import lineage  # noqa: E402
 from textrnn.config import Config  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import atomic_path, read_json, write_json  # noqa: E402
+
+# export.py's file names (not imported: it loads torch and the ONNX exporter).
+ONNX_FILE, TOKENIZER_FILE, EXPORT_REPORT, EVAL_REPORT = "model.onnx", "tokenizer.json", "export.json", "eval.json"
 
 if TYPE_CHECKING:
     from textrnn.inference import OnnxClassifier
@@ -76,9 +84,20 @@ def plot_learning_curves(history: list[dict[str, float]], title: str, path: Path
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    from textrnn.checkpoints import writing
+
+    try:
+        with writing(path), atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    from textrnn.checkpoints import writing
+
+    with writing(path):
+        write_json(path, payload)
 
 
 def write_evaluation(cfg: Config, variant_name: str, labels: np.ndarray, probabilities: np.ndarray,
@@ -86,12 +105,12 @@ def write_evaluation(cfg: Config, variant_name: str, labels: np.ndarray, probabi
     """Compute metrics, write eval.json and the plots; returns the eval.json payload."""
     report = {"variant": variant_name, **classification_metrics(labels, probabilities, cfg.data.classes), **(extra or {})}
     plots = cfg.paths.plots_dir(variant_name)
-    write_json(plots / "predictions.json", _prediction_records(labels, probabilities.argmax(axis=1), report["classes"]))
+    _write_json(plots / "predictions.json", _prediction_records(labels, probabilities.argmax(axis=1), report["classes"]))
     plot_confusion_matrix(report["confusion_matrix"], report["classes"], plots / "confusion_matrix.png")
     train_summary = cfg.paths.metrics_dir(variant_name) / "train.json"
     if train_summary.is_file():
         plot_learning_curves(read_json(train_summary)["history"], variant_name, plots / "learning_curves.png")
-    write_json(cfg.paths.metrics_dir(variant_name) / "eval.json", report)
+    _write_json(cfg.paths.metrics_dir(variant_name) / EVAL_REPORT, report)
     return report
 
 
@@ -116,18 +135,48 @@ def batch1_latency_ms(classifier: OnnxClassifier, texts: list[str], warmup: int 
     return float(np.median(timings)) if timings else float("nan")
 
 
+def check_export(cfg: Config, variant_name: str) -> dict[str, Any]:
+    """The variant's export.json, after checking that `model.onnx`, the bundled `tokenizer.json` and
+    `model.pt` are the files it recorded. Raises TextrnnError when not exported, LineageError (naming
+    both files) when one of them changed since."""
+    from textrnn.train import model_path
+
+    model_dir = cfg.paths.model_dir(variant_name)
+    report_file = model_dir / EXPORT_REPORT
+    if not report_file.is_file() or not (model_dir / ONNX_FILE).is_file():
+        raise TextrnnError(f"{model_dir}: no {ONNX_FILE} with its {EXPORT_REPORT} (run `textrnn export` first)")
+    try:
+        report = read_json(report_file)
+    except ValueError:
+        raise lineage.LineageError(f"{report_file}: not valid JSON; run `textrnn export` again") from None
+    lineage.verify_digest(model_dir / ONNX_FILE, report.get("onnx_sha256"), report_file)
+    lineage.verify_digest(model_dir / TOKENIZER_FILE, report.get("tokenizer_sha256"), report_file)
+    lineage.verify_digest(model_path(cfg, variant_name), report.get("model_pt_sha256"), report_file)
+    return report
+
+
+def prepared_test_split(cfg: Config) -> Path:
+    return cfg.paths.prepared / "test.parquet"
+
+
 def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> dict[str, Any]:
     """Score the exported variant (`models/<V>/model.onnx`, through `OnnxClassifier`: the shipped model
     is the evaluated one) on the prepared test texts, and write its metrics and plots.
 
-    eval.json also records the runtime, the onnxruntime provider that ran and the median batch-1
-    latency in ms. Raises TextrnnError when the variant is unknown or not exported yet.
+    eval.json also records the runtime, the onnxruntime provider that ran, the median batch-1 latency in
+    ms, and the lineage of what was scored. Raises TextrnnError when the variant is unknown or not
+    exported yet, LineageError when the export or the test split changed since (`check_export`).
     """
     from textrnn.data import read_split
     from textrnn.inference import OnnxClassifier
 
     cfg.variant(variant_name)  # fail on an unknown name before reading any file
-    classifier = OnnxClassifier.from_model_dir(cfg.paths.model_dir(variant_name), device=device)
+    check_export(cfg, variant_name)
+    check_test_split(cfg)
+    model_dir = cfg.paths.model_dir(variant_name)
+    scored = lineage.record([model_dir / ONNX_FILE, model_dir / TOKENIZER_FILE, prepared_test_split(cfg)],
+                            {"data": {"classes": list(cfg.data.classes)}})
+    classifier = OnnxClassifier.from_model_dir(model_dir, device=device)
     if classifier.classes != list(cfg.data.classes):
         raise TextrnnError(
             f"{variant_name}: the exported model's classes {classifier.classes} are not data.classes "
@@ -140,5 +189,22 @@ def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> di
         "runtime": "onnxruntime",
         "provider": classifier.provider,
         "inference_latency_ms_b1": batch1_latency_ms(classifier, texts[:LATENCY_TEXTS]),
+        "lineage": scored,
     }
     return write_evaluation(cfg, variant_name, test["label"].to_numpy(np.int64), probabilities, extra)
+
+
+def check_test_split(cfg: Config) -> None:
+    """Raise LineageError unless the prepared test split is the one encode read (its sha256 among the
+    inputs encode's lineage.json records), i.e. from the same preparation as the model's training data."""
+    record_file = cfg.paths.encoded / "lineage.json"  # tokens.LINEAGE_FILE (not imported: tokenizers)
+    if not record_file.is_file():
+        raise lineage.LineageError(f"{record_file}: not found (made by an older textrnn?); re-run `textrnn encode`")
+    try:
+        inputs = read_json(record_file).get("inputs") or {}
+    except (ValueError, AttributeError):
+        raise lineage.LineageError(f"{record_file}: not a lineage record; re-run `textrnn encode`") from None
+    test_split = prepared_test_split(cfg)
+    # Matched by file name: the record's keys are relative to the directory encode ran in.
+    recorded = next((digest for key, digest in inputs.items() if Path(key).name == test_split.name), None)
+    lineage.verify_digest(test_split, recorded, record_file)

@@ -10,8 +10,16 @@
 
 The graph is written only if onnxruntime (CPU) reproduces torch's logits on shapes the exporter never saw
 (different batch sizes, rows of length 1, rows longer than the export example) to within `PARITY_ATOL`
-with the same argmax. A failed check leaves no `model.onnx` (not even an older one, which would describe
-another `model.pt`) and an `export.json` with `passed: false`.
+with the same argmax.
+
+The three files are published together or not at all: each is staged beside its target, and only when
+all are written and checked are they moved into place, `export.json` last (its `onnx_sha256` is what
+evaluate and register verify the graph against). A failed export (parity, a full disk, a signal) leaves
+the previous three exactly as they were and writes what it measured to `export.failed.json`. No older
+graph can describe another `model.pt`: training removes the export before it writes a new model.
+
+Lineage: export refuses a `model.pt` whose recorded tokenizer is not the current one, and `export.json`
+records the sha256 of `model.pt` and the tokenizer it read plus the model's training config.
 
 We use the TorchScript exporter (`dynamo=False`): the dynamo exporter freezes the sequence length of
 multi-layer, bidirectional and tanh-RNN models (DESIGN.md), and we assert the dims are symbolic anyway.
@@ -19,7 +27,9 @@ multi-layer, bidirectional and tanh-RNN models (DESIGN.md), and we assert the di
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import shutil
 import threading
 import warnings
@@ -34,10 +44,12 @@ import torch
 from textrnn.inference import cpu_session  # isort: skip
 import onnxruntime as ort  # isort: skip
 
+from textrnn import lineage
 from textrnn.config import Config
 from textrnn.errors import TextrnnError
 from textrnn.files import atomic_path, sha256_file, write_json
 from textrnn.models import TextRNN
+from textrnn.onnx_graph import stamp_graph_digest
 from textrnn.tokens import PAD_ID, load_tokenizer
 
 ONNX_OPSET = 17
@@ -55,6 +67,7 @@ PARITY_SEED = 1234
 _EXPORT_LOCK = threading.Lock()
 
 MODEL_FILE, TOKENIZER_FILE, REPORT_FILE = "model.onnx", "tokenizer.json", "export.json"
+FAILED_REPORT_FILE = "export.failed.json"  # what a failed export measured; never read by a later step
 
 
 class ExportError(TextrnnError):
@@ -74,6 +87,10 @@ def onnx_path(model_dir: Path | str) -> Path:
 
 def report_path(model_dir: Path | str) -> Path:
     return Path(model_dir) / REPORT_FILE
+
+
+def failed_report_path(model_dir: Path | str) -> Path:
+    return Path(model_dir) / FAILED_REPORT_FILE
 
 
 def example_inputs(vocab_size: int, batch: int, seq: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,8 +158,10 @@ def check_symbolic_inputs(proto: onnx.ModelProto) -> None:
         raise ExportError(f"exported inputs have dims {dims}, expected symbolic {expected}")
 
 
-def write_onnx(model: TextRNN, path: Path, metadata: dict[str, str], opset: int = ONNX_OPSET) -> None:
-    """Export `model` to `path`: two int64 inputs with symbolic dims, `metadata` in `metadata_props`.
+def write_onnx(model: TextRNN, path: Path, metadata: dict[str, str], opset: int = ONNX_OPSET) -> str:
+    """Export `model` to `path`: two int64 inputs with symbolic dims, `metadata` in `metadata_props`, and
+    last `textrnn.graph_sha256`, the digest of the final graph (`onnx_graph.stamp_graph_digest`), so the
+    file verifies itself wherever it is copied. Returns that digest.
 
     Raises ExportError if the exporter fails, the graph is invalid, or an input dim came out fixed.
     """
@@ -151,6 +170,8 @@ def write_onnx(model: TextRNN, path: Path, metadata: dict[str, str], opset: int 
         # Prefect flow's concurrent variants) corrupt each other, so exports take turns.
         with _EXPORT_LOCK:
             _trace_to_onnx(model, path, opset)
+    except OSError:
+        raise  # a full disk or read-only directory: the caller names the file
     except Exception as error:  # the exporter raises many types; the user needs one line
         raise ExportError(f"torch.onnx.export failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from error
     proto = onnx.load(str(path))
@@ -163,7 +184,9 @@ def write_onnx(model: TextRNN, path: Path, metadata: dict[str, str], opset: int 
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as error:
         raise ExportError(f"exported graph is invalid: {str(error).splitlines()[0]}") from None
+    digest = stamp_graph_digest(proto)
     onnx.save(proto, str(path))
+    return digest
 
 
 def _top_two_gap(logits: np.ndarray) -> np.ndarray:
@@ -249,12 +272,51 @@ def _check_tokenizer(tokenizer_file: Path, vocab_size: int) -> None:
         )
 
 
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None: reports stay valid JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _check_model_lineage(source: Path, tokenizer_file: Path) -> dict[str, Any]:
+    """The lineage record of `source` (model.pt), after checking the tokenizer is the one it was trained
+    with; raises LineageError naming both files otherwise."""
+    from textrnn.checkpoints import model_lineage
+
+    record = model_lineage(source)
+    lineage.verify_inputs(record, source, only=[tokenizer_file])
+    return record
+
+
+@contextlib.contextmanager
+def _published_together(*targets: Path) -> Any:
+    """Yield one temporary path per target; move them all into place, in order, only if the block succeeds
+    (else remove them). Each move is atomic; the last target is the commit point readers check."""
+    from textrnn.checkpoints import writing
+
+    with writing(targets[0].parent), contextlib.ExitStack() as stack:
+        temps = {}
+        # ExitStack unwinds in reverse: enter the commit point first so it is moved last.
+        for target in reversed(targets):
+            with writing(target):
+                temps[target] = stack.enter_context(atomic_path(target))
+        yield [temps[target] for target in targets]
+
+
 def _export_into(cfg: Config, variant_name: str, model_dir: Path) -> dict[str, Any]:
-    """Export, check and move `model.onnx` + `tokenizer.json` into place; return the passing report."""
-    from textrnn.train import load_model, model_path
+    """Export and check the graph, then publish `model.onnx`, `tokenizer.json` and `export.json` together;
+    return the passing report."""
+    from textrnn.checkpoints import load_model, writing
+    from textrnn.train import model_path
 
     source = model_path(cfg, variant_name)
     model, classes = load_model(source)
+    model_record = _check_model_lineage(source, cfg.paths.tokenizer)
     _check_tokenizer(cfg.paths.tokenizer, model.vocab_size)
     tokenizer_sha256 = sha256_file(cfg.paths.tokenizer)
     report: dict[str, Any] = {
@@ -266,38 +328,42 @@ def _export_into(cfg: Config, variant_name: str, model_dir: Path) -> dict[str, A
         "model_pt_sha256": sha256_file(source),
         "tokenizer_sha256": tokenizer_sha256,
     }
-    with atomic_path(onnx_path(model_dir)) as tmp:
-        write_onnx(model, tmp, _graph_metadata(model, classes, variant_name, tokenizer_sha256))
-        report["input_dims"] = symbolic_dims(onnx.load(str(tmp)))
-        report.update(parity_check(model, tmp))
+    targets = (onnx_path(model_dir), model_dir / TOKENIZER_FILE, report_path(model_dir))
+    with _published_together(*targets) as (onnx_tmp, tokenizer_tmp, report_tmp):
+        with writing(targets[0]):
+            report["graph_sha256"] = write_onnx(model, onnx_tmp, _graph_metadata(model, classes, variant_name, tokenizer_sha256))
+        report["input_dims"] = symbolic_dims(onnx.load(str(onnx_tmp)))
+        report.update(parity_check(model, onnx_tmp))
         if not report["passed"]:
             raise ExportError(
                 f"{variant_name}: ONNX parity failed (max |logit diff| {report['max_abs_diff']:.3g} > "
-                f"{report['tolerance']:.3g} or argmax differs); see {report_path(model_dir)}",
+                f"{report['tolerance']:.3g} or argmax differs); see {failed_report_path(model_dir)}",
                 report,
             )
-        report["onnx_sha256"] = sha256_file(tmp)
-        with atomic_path(model_dir / TOKENIZER_FILE) as tokenizer_tmp:
+        report["onnx_sha256"] = sha256_file(onnx_tmp)
+        with writing(targets[1]):
             shutil.copyfile(cfg.paths.tokenizer, tokenizer_tmp)
+        report["lineage"] = lineage.record([source, cfg.paths.tokenizer], model_record.get("config"))
+        with writing(targets[2]):
+            report_tmp.write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
     return report
 
 
 def export_variant(cfg: Config, variant_name: str) -> dict[str, Any]:
     """Export `models/<V>/model.pt` to `models/<V>/model.onnx` and check parity in onnxruntime.
 
-    Returns the report also written to `models/<V>/export.json`. Raises ExportError (leaving no
-    `model.onnx` and a report with `passed: false`) when export or parity fails; TextrnnError when the
-    variant, its `model.pt` or the tokenizer is missing.
+    Returns the report also written to `models/<V>/export.json`. Raises ExportError when export or parity
+    fails (the previous model.onnx, tokenizer.json and export.json stay as they were; what was measured
+    goes to `export.failed.json`); OutputError when a file cannot be written; LineageError when the
+    tokenizer is not the one model.pt was trained with; TextrnnError when the variant, its `model.pt` or
+    the tokenizer is missing or unreadable.
     """
     cfg.variant(variant_name)  # fail on an unknown name before reading any file
     model_dir = cfg.paths.model_dir(variant_name)
     try:
-        report = _export_into(cfg, variant_name, model_dir)
+        return _export_into(cfg, variant_name, model_dir)
     except ExportError as error:
-        # A graph left from an earlier export would belong to another model.pt: remove it.
-        onnx_path(model_dir).unlink(missing_ok=True)
         report = {"variant": variant_name, "opset": ONNX_OPSET, **error.report, "passed": False, "error": str(error)}
-        write_json(report_path(model_dir), report)
+        with contextlib.suppress(OSError):  # a diagnostic: a full disk must not hide the real error
+            write_json(failed_report_path(model_dir), _json_safe(report))
         raise
-    write_json(report_path(model_dir), report)
-    return report

@@ -6,13 +6,26 @@ Outputs, under the config's paths:
 - `models/<variant>/checkpoint.pt`: everything needed to continue after the last finished epoch;
 - `metrics/<variant>/train.json`: per-epoch loss/accuracy for train and val, throughput, padding.
 
+Integrity, in the order a run goes:
+- inputs first: the encoded splits and tokenizer must match encode's `lineage.json` (`check_inputs`), and a
+  `--resume` checkpoint must have been made from the same inputs and training config (`ResumePoint`);
+- then the variant's previous outputs are cleared (`clear_outputs`), so a run killed from here on can
+  never leave an older model next to its own records;
+- training stops at the first non-finite loss, gradient or validation loss (`TrainingDiverged`), so no
+  untrained or NaN model is ever published and no JSON holds NaN/Infinity;
+- `model.pt` and `train.json` record the sha256 of the inputs read and the config slice used
+  (`training_config`), which export, evaluate and register verify.
+
+Checkpoints hold only tensors and plain values and load with `weights_only=True`: a file that needs more
+(a crafted pickle) is refused, never executed (`textrnn.checkpoints`).
+
 The core knows nothing of MLflow or Prefect: trackers plug in through the `on_epoch` callback.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -24,14 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from textrnn import checkpoints, lineage
 from textrnn.bucketing import BucketBatchSampler, padding_efficiency
-from textrnn.config import Config, VariantConfig
+from textrnn.checkpoints import ResumePoint, save_model, save_torch, writing
+from textrnn.config import Config
 from textrnn.errors import TextrnnError
-from textrnn.files import atomic_path, write_json
+from textrnn.files import read_json, sha256_file, write_json
 from textrnn.models import TextRNN, build_model
 from textrnn.optim import SplitAdam, clip_grad_norm, make_optimizer
 from textrnn.runtime import progress_bar, resolve_device, seed_everything
-from textrnn.tokens import EncodedSplit, load_tokenizer, split_path
+from textrnn.tokens import LINEAGE_FILE, EncodedSplit, load_tokenizer, split_path
 
 log = logging.getLogger("textrnn")
 
@@ -39,6 +54,17 @@ _INIT_LOCK = threading.Lock()
 
 EpochCallback = Callable[[str, dict[str, float]], None]
 """Called after every epoch with (variant name, that epoch's metrics)."""
+
+MODEL_FILE, CHECKPOINT_FILE, TRAIN_REPORT = "model.pt", "checkpoint.pt", "train.json"
+RUN_RECORD = "mlflow_run.json"  # written by textrnn.tracking (steps.py for untracked runs)
+# What later steps write for a variant (export.py, evaluate.py): a new training run clears them all.
+EXPORT_FILES = ("model.onnx", "export.json", "tokenizer.json", "export.failed.json")
+EVAL_FILES = ("eval.json",)
+PLOT_FILES = ("predictions.json", "confusion_matrix.png", "learning_curves.png")
+
+
+class TrainingDiverged(TextrnnError):
+    """A loss or gradient became NaN or infinite; nothing is published."""
 
 
 @dataclass
@@ -96,7 +122,10 @@ def _train_epoch(
     progress,
     description: str,
 ) -> tuple[float, float, float, float]:
-    """One pass over the train split; returns (loss, accuracy, samples/s, padding efficiency)."""
+    """One pass over the train split; returns (loss, accuracy, samples/s, padding efficiency).
+
+    Raises TrainingDiverged at the first step whose loss or gradient norm is not finite (before the
+    optimizer applies it), naming `description` (variant and epoch) and the step."""
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     parameters = list(model.parameters())
@@ -104,16 +133,19 @@ def _train_epoch(
     task = progress.add_task(description, total=len(split.labels), rate=0.0)
     total_loss = correct = seen = 0
     started = time.perf_counter()
-    for rows in batches:
+    for step, rows in enumerate(batches, start=1):
         token_ids, lengths, labels = batch_tensors(split, rows, device)
         with _autocast(device):
             logits = model(token_ids, lengths)
             loss = loss_fn(logits.float(), labels)
+        loss_value = loss.item()
+        _check_finite("loss", loss_value, f"{description}, step {step}", cfg, EXPLODED_LOSS)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_grad_norm(parameters, cfg.train.grad_clip)
+        grad_norm = float(clip_grad_norm(parameters, cfg.train.grad_clip))
+        _check_finite("gradient norm", grad_norm, f"{description}, step {step}", cfg)
         optimizer.step()
-        total_loss += loss.item() * len(rows)
+        total_loss += loss_value * len(rows)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(rows)
         progress.update(task, advance=len(rows), rate=seen / (time.perf_counter() - started))
@@ -122,42 +154,106 @@ def _train_epoch(
     return total_loss / seen, correct / seen, seen / seconds, padding_efficiency(split.texts.lengths, batches)
 
 
+# A mean cross-entropy this large means logits thousands apart on wrong answers: the weights have blown
+# up (e.g. train.learning_rate=1e30 keeps every value finite, at 1e30), so it stops training like a NaN.
+EXPLODED_LOSS = 1e4
+
+
+def _check_finite(what: str, value: float, where: str, cfg: Config, limit: float = math.inf) -> None:
+    """Raise TrainingDiverged when `value` is NaN, infinite or above `limit`, naming `where`."""
+    if not math.isfinite(value) or value > limit:
+        state = f"{value:.3g}, above {limit:g}" if math.isfinite(value) else str(value)
+        raise TrainingDiverged(
+            f"training diverged: {where}: {what} is {state} (train.learning_rate="
+            f"{cfg.train.learning_rate:g}, train.grad_clip={cfg.train.grad_clip:g}); no model.pt was written"
+        )
+
+
 def checkpoint_path(cfg: Config, variant_name: str) -> Path:
-    return cfg.paths.model_dir(variant_name) / "checkpoint.pt"
+    return cfg.paths.model_dir(variant_name) / CHECKPOINT_FILE
 
 
 def model_path(cfg: Config, variant_name: str) -> Path:
-    return cfg.paths.model_dir(variant_name) / "model.pt"
+    return cfg.paths.model_dir(variant_name) / MODEL_FILE
 
 
-def _save_torch(payload: dict[str, Any], path: Path) -> None:
-    # Through a file object: torch.save names the zip archive after a path it is given, and the temporary
-    # name would make two identical models differ byte for byte.
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(payload, handle)
+# ------------------------------------------------------------------------------ inputs and outputs
 
 
-def save_model(model: TextRNN, state_dict: dict[str, torch.Tensor], classes: tuple[str, ...], path: Path) -> None:
-    _save_torch(
-        {
-            "state_dict": state_dict,
-            "variant": model.variant.model_dump(),
-            "vocab_size": model.vocab_size,
-            "classes": list(classes),
-        },
-        path,
-    )
+def training_config(cfg: Config, variant_name: str) -> dict[str, Any]:
+    """The config slice a training run depends on (JSON values): seed, train.* but device/threads,
+    buckets.*, tokenizer.*, data.classes and the variant (with its name).
+
+    Keys are named as in the MLflow run's params (`provenance.variant_params`), so register can compare them."""
+    return {
+        "seed": cfg.seed,
+        "train": cfg.train.model_dump(mode="json", exclude={"device", "threads"}),
+        "buckets": cfg.buckets.model_dump(mode="json"),
+        "tokenizer": cfg.tokenizer.model_dump(mode="json"),
+        "data": {"classes": list(cfg.data.classes)},
+        "variant": {"name": variant_name, **cfg.variant(variant_name).model_dump(mode="json")},
+    }
 
 
-def load_model(path: Path | str, device: torch.device | str = "cpu") -> tuple[TextRNN, list[str]]:
-    """Rebuild a trained model from its `model.pt` alone; returns (model in eval mode, class names)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TextrnnError(f"{path}: model not found (run `textrnn train` first)")
-    payload = torch.load(path, map_location=device, weights_only=True)
-    model = build_model(VariantConfig(**payload["variant"]), payload["vocab_size"], len(payload["classes"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.to(device).eval(), payload["classes"]
+def input_paths(cfg: Config) -> list[Path]:
+    """The files training reads: the encoded train and val splits and the tokenizer."""
+    return [split_path(cfg.paths.encoded, "train"), split_path(cfg.paths.encoded, "val"), cfg.paths.tokenizer]
+
+
+def check_inputs(cfg: Config, variant_name: str) -> dict[str, Any]:
+    """Verify the variant name and that the encoded inputs are the ones encode's `lineage.json` recorded;
+    return the lineage record (inputs' sha256 + `training_config`) for this run's outputs.
+
+    Raises ConfigError for an unknown variant, TextrnnError for a missing input, LineageError for a
+    changed one (one line naming both files)."""
+    cfg.variant(variant_name)
+    for path in input_paths(cfg):
+        if not path.is_file():
+            raise TextrnnError(f"{path}: not found (run `textrnn encode` first)")
+    record_file = cfg.paths.encoded / LINEAGE_FILE
+    if not record_file.is_file():
+        raise lineage.LineageError(f"{record_file}: not found (made by an older textrnn?); re-run `textrnn encode`")
+    try:
+        recorded = read_json(record_file).get("outputs")
+    except (ValueError, AttributeError):
+        raise lineage.LineageError(f"{record_file}: not a lineage record; re-run `textrnn encode`") from None
+    # The tokenizer lives in the encoded directory (published with the ids), so one record covers all three.
+    lineage.verify_outputs(cfg.paths.encoded, recorded, record_file, only=[path.name for path in input_paths(cfg)])
+    return lineage.record(input_paths(cfg), training_config(cfg, variant_name))
+
+
+def variant_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run_record: bool = True) -> list[Path]:
+    """Every file textrnn writes for the variant from training on: model.pt, the export (model.onnx,
+    export.json, tokenizer.json), train.json, eval.json and the plots; checkpoint.pt unless `resume`,
+    `mlflow_run.json` when `run_record`."""
+    model_dir, metrics, plots = (cfg.paths.model_dir(variant_name), cfg.paths.metrics_dir(variant_name),
+                                 cfg.paths.plots_dir(variant_name))
+    paths = [model_dir / MODEL_FILE, *(model_dir / name for name in EXPORT_FILES), metrics / TRAIN_REPORT,
+             *(metrics / name for name in EVAL_FILES), *(plots / name for name in PLOT_FILES)]
+    if not resume:
+        paths.append(model_dir / CHECKPOINT_FILE)
+    if run_record:
+        paths.append(model_dir / RUN_RECORD)
+    return paths
+
+
+def clear_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run_record: bool = True) -> None:
+    """Remove the variant's previous outputs (`variant_outputs`) before a new run writes any, so a run
+    killed part-way leaves no older model under its own records. Only files textrnn names are removed."""
+    for path in variant_outputs(cfg, variant_name, resume=resume, run_record=run_record):
+        with writing(path, "remove"):
+            path.unlink(missing_ok=True)
+
+
+def check_resume(cfg: Config, variant_name: str, record: dict[str, Any]) -> ResumePoint | None:
+    """The variant's checkpoint validated against `record` (see `ResumePoint.load`), or None without one."""
+    path = checkpoint_path(cfg, variant_name)
+    return ResumePoint.load(path, record) if path.is_file() else None
+
+
+def _plain_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A detached copy as a plain dict (what weights_only loads without allow-listing)."""
+    return {key: value.detach().clone() for key, value in state_dict.items()}
 
 
 def train_variant(
@@ -170,9 +266,17 @@ def train_variant(
 ) -> dict[str, Any]:
     """Train `variant_name` on the encoded train split, early-stopping on val loss.
 
-    With `resume`, continue from `checkpoint.pt` when it exists: the result equals an uninterrupted run
-    bit for bit on CPU. Returns the summary also written to `metrics/<variant>/train.json`.
+    Inputs are verified (`check_inputs`, and the checkpoint with `resume`) before the variant's previous
+    outputs are cleared (`clear_outputs`, keeping `mlflow_run.json`, which is the caller's). With
+    `resume`, continue from `checkpoint.pt` when it exists: the result equals an uninterrupted run bit
+    for bit on CPU. Returns the summary also written to `metrics/<variant>/train.json`.
+
+    Raises TrainingDiverged at the first non-finite loss or gradient, CheckpointError for an unusable or
+    mismatched checkpoint, LineageError for changed inputs, OutputError when a file cannot be written.
     """
+    record = check_inputs(cfg, variant_name)
+    resume_point = check_resume(cfg, variant_name, record) if resume else None
+    clear_outputs(cfg, variant_name, resume=resume, run_record=False)
     variant = cfg.variant(variant_name)
     device = resolve_device(cfg.train.device)
     train_split = EncodedSplit.load(split_path(cfg.paths.encoded, "train"))
@@ -191,17 +295,10 @@ def train_variant(
     )
 
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
-             "best_state": copy.deepcopy(model.state_dict()), "wall_seconds": 0.0}
+             "best_state": _plain_state(model.state_dict()), "wall_seconds": 0.0}
     ckpt = checkpoint_path(cfg, variant_name)
-    if resume and ckpt.is_file():
-        saved = torch.load(ckpt, map_location=device, weights_only=False)
-        if (saved["variant"] != variant.model_dump() or saved["vocab_size"] != vocab_size
-                or saved.get("sparse_embedding") != cfg.train.sparse_embedding):
-            raise TextrnnError(f"{ckpt}: checkpoint is for another config of '{variant_name}'; train without --resume")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
+    if resume_point is not None:
+        state = resume_point.restore(model, optimizer)
         log.info("resume variant=%s after_epoch=%d", variant_name, state["epoch"])
 
     with progress_bar(show_progress) as progress:
@@ -224,29 +321,36 @@ def train_variant(
                 padding_efficiency=efficiency,
                 seconds=time.perf_counter() - started,
             )
+            _check_finite("validation loss", metrics.val_loss, f"{variant_name} epoch {epoch}/{cfg.train.epochs}", cfg,
+                          EXPLODED_LOSS)
             state["epoch"] = epoch
             state["wall_seconds"] += metrics.seconds
             state["history"].append(asdict(metrics))
             if metrics.val_loss < state["best_val_loss"]:
                 state.update(best_val_loss=metrics.val_loss, best_epoch=epoch, bad_epochs=0,
-                             best_state=copy.deepcopy(model.state_dict()))
+                             best_state=_plain_state(model.state_dict()))
             else:
                 state["bad_epochs"] += 1
-            _save_torch(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "variant": variant.model_dump(), "vocab_size": vocab_size,
-                 "sparse_embedding": cfg.train.sparse_embedding, "state": state},
+            save_torch(
+                {"format": checkpoints.CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "lineage": record, "state": state},
                 ckpt,
             )
             log.info("epoch variant=%s %s", variant_name, " ".join(f"{k}={v:.4g}" for k, v in asdict(metrics).items()))
             if on_epoch is not None:
                 on_epoch(variant_name, asdict(metrics))
 
-    save_model(model, state["best_state"], cfg.data.classes, model_path(cfg, variant_name))
+    return _publish(cfg, variant_name, model, state, record, device)
+
+
+def _publish(cfg: Config, variant_name: str, model: TextRNN, state: dict[str, Any], record: dict[str, Any],
+             device: torch.device) -> dict[str, Any]:
+    """Write model.pt (best epoch's weights) and train.json, both with the lineage record; return the summary."""
+    save_model(model, state["best_state"], cfg.data.classes, model_path(cfg, variant_name), record)
     history = state["history"]
     summary = {
         "variant": variant_name,
-        "config": variant.model_dump(),
+        "config": cfg.variant(variant_name).model_dump(),
         "device": device.type,
         "epochs_run": state["epoch"],
         "stopped_early": state["bad_epochs"] >= cfg.train.patience,
@@ -257,6 +361,10 @@ def train_variant(
         "padding_efficiency": float(np.mean([h["padding_efficiency"] for h in history])),
         "wall_seconds": state["wall_seconds"],
         "history": history,
+        "model_pt_sha256": sha256_file(model_path(cfg, variant_name)),
+        "lineage": record,
     }
-    write_json(cfg.paths.metrics_dir(variant_name) / "train.json", summary)
+    report = cfg.paths.metrics_dir(variant_name) / TRAIN_REPORT
+    with writing(report):
+        write_json(report, summary)
     return summary
