@@ -1,11 +1,12 @@
 """The one inference path: `OnnxClassifier`, the `predict` CLI and evaluation through ONNX.
 
-One sample model (`gru`, one epoch) is trained and exported per module; `rnn` is exported untrained to
-check the unmasked graph through the same path.
+Two sample models (`gru`, masked, and `rnn`, unmasked: it reads pads) are trained one epoch and exported
+per module, with the workspace as working directory (as a user runs them); CLI tests run inside it too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -13,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
-from conftest import SMALL_SAMPLE, make_config, path_overrides
+from conftest import PARAMS, SMALL_SAMPLE, make_config, path_overrides
 from typer.testing import CliRunner
 
 from textrnn import inference
@@ -30,11 +30,11 @@ from textrnn.inference import (
     OnnxClassifier,
     TextInputError,
     length_batches,
-    read_texts,
 )
-from textrnn.models import build_model
-from textrnn.tokens import load_tokenizer
-from textrnn.train import model_path, save_model, train_variant
+from textrnn.serving import ServingError, check_output_path, read_texts
+from textrnn.text import normalize_text
+from textrnn.tokens import encode_texts
+from textrnn.train import train_variant
 
 
 def cuda_provider_works(onnx_file: Path) -> bool:
@@ -48,17 +48,23 @@ def cuda_provider_works(onnx_file: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def trained(encoded_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
-    """A workspace with `gru` trained for one epoch and exported, and `rnn` exported untrained."""
+    """A workspace with `gru` and `rnn` trained for one epoch and exported."""
     workdir = tmp_path_factory.mktemp("trained") / "ws"
     shutil.copytree(encoded_sample, workdir)
-    cfg = make_config(workdir, "train.epochs=1")
-    train_variant(cfg, "gru")
-    export_variant(cfg, "gru")
-    torch.manual_seed(0)
-    rnn = build_model(cfg.variant("rnn"), load_tokenizer(cfg.paths.tokenizer).get_vocab_size(), len(cfg.data.classes))
-    save_model(rnn, rnn.state_dict(), cfg.data.classes, model_path(cfg, "rnn"))
-    export_variant(cfg, "rnn")
+    with contextlib.chdir(workdir):
+        cfg = make_config(workdir, "train.epochs=1")
+        for variant in ("gru", "rnn"):
+            train_variant(cfg, variant)
+            export_variant(cfg, variant)
     return workdir, cfg
+
+
+@pytest.fixture
+def in_workspace(trained, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run the test inside the module's workspace (outputs must lie inside the working directory)."""
+    workdir, _ = trained
+    monkeypatch.chdir(workdir)
+    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +152,7 @@ def test_length_batches_cover_every_row_once_within_the_token_budget() -> None:
     rows = np.concatenate(batches)
     assert sorted(rows.tolist()) == list(range(500))
     for batch in batches:
+        assert len(set(lengths[batch].tolist())) == 1  # never padded: a row's batch-mates cannot matter
         assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 600
     assert length_batches(np.array([900, 3]), batch_tokens=100)[-1].tolist() == [0]  # too long: alone
     assert length_batches(np.array([], dtype=np.int64), batch_tokens=100) == []
@@ -161,17 +168,32 @@ def test_batched_prediction_keeps_input_order_and_equals_one_by_one(trained, tes
     for index, text in enumerate(texts):
         one_label, one_probabilities = small_batches.predict([text])
         assert one_label == [labels[index]]
-        np.testing.assert_allclose(one_probabilities[0], probabilities[index], atol=1e-6, rtol=0)
+        np.testing.assert_array_equal(one_probabilities[0], probabilities[index])  # bit for bit
     reversed_labels, reversed_probabilities = small_batches.predict(texts[::-1])
     assert reversed_labels == labels[::-1]
-    np.testing.assert_allclose(reversed_probabilities, probabilities[::-1], atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(reversed_probabilities, probabilities[::-1])
 
 
 def test_the_unmasked_rnn_runs_through_the_same_path(trained, test_texts: list[str]) -> None:
     _, cfg = trained
-    labels, probabilities = OnnxClassifier.from_model_dir(cfg.paths.model_dir("rnn"), device="cpu").predict(test_texts[:20])
+    rnn = OnnxClassifier.from_model_dir(cfg.paths.model_dir("rnn"), device="cpu", batch_tokens=256)
+    labels, probabilities = rnn.predict(test_texts[:20])
     assert len(labels) == 20 and set(labels) <= set(cfg.data.classes)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # It reads pads, yet a text's answer is its own: alone or among others, the same bits.
+    alone = np.concatenate([rnn.predict_proba([text]) for text in test_texts[:20]])
+    np.testing.assert_array_equal(probabilities, alone)
+    assert rnn.variant is not None and rnn.variant["masked"] is False
+
+
+def test_texts_are_normalised_as_in_training(classifier: OnnxClassifier, trained) -> None:
+    _, cfg = trained
+    raw = ["It#39;s AT&amp;T \\ quot;news quot; today", "  spaced\tout  "]
+    normalised = [normalize_text(text) for text in raw]
+    assert normalised == ['It\'s AT&T "news" today', "spaced out"]
+    expected = encode_texts(classifier.tokenizer, normalised)
+    np.testing.assert_array_equal(classifier.encode(raw).token_ids, expected.token_ids)
+    np.testing.assert_array_equal(classifier.predict_proba(raw), classifier.predict_proba(normalised))
 
 
 # ------------------------------------------------------------------------------------------ edge inputs
@@ -204,6 +226,8 @@ def test_non_string_input_is_a_clear_error_naming_its_index(classifier: OnnxClas
         classifier.predict([3])
     with pytest.raises(TextInputError, match="not a single string"):
         classifier.predict("a headline")
+    with pytest.raises(TextInputError, match=r"texts\[1\] is not valid Unicode"):  # undecodable bytes from argv
+        classifier.predict(["fine", "caf\udce9"])
 
 
 def test_a_tokenizer_other_than_the_exported_one_is_refused(trained, tmp_path: Path) -> None:
@@ -239,16 +263,40 @@ def test_read_texts_names_the_bad_file_and_line(tmp_path: Path) -> None:
         read_texts(tmp_path / "bad.jsonl")
     with pytest.raises(InferenceError, match="'text' column"):
         read_texts(tmp_path / "bad.csv")
+    (tmp_path / "latin1.txt").write_bytes("first\nsecond caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(InferenceError, match=r"latin1.txt:2: not valid UTF-8 \(byte 0xe9 at byte 11 of the line\)"):
+        read_texts(tmp_path / "latin1.txt")
+    with pytest.raises(InferenceError, match="is a directory"):
+        read_texts(tmp_path)
+
+
+def test_read_texts_counts_lines_as_an_editor_does(tmp_path: Path) -> None:
+    # CRLF ends a line; a line separator or form feed inside a text does not (str.splitlines would cut).
+    (tmp_path / "in.txt").write_bytes("one\r\ntwo\u2028still two\x0cand\n\nlast".encode("utf-8"))
+    assert read_texts(tmp_path / "in.txt") == ["one", "two\u2028still two\x0cand", "", "last"]
+    (tmp_path / "in.jsonl").write_text('{"text": "a\u2028b"}\n', encoding="utf-8")
+    assert read_texts(tmp_path / "in.jsonl") == ["a\u2028b"]
+
+
+def test_output_path_is_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ServingError, match="is a directory"):
+        check_output_path(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ServingError, match="is not a directory"):
+        check_output_path(tmp_path / "file" / "out.jsonl")
+    assert check_output_path(tmp_path / "new" / "out.jsonl") == tmp_path / "new" / "out.jsonl"
+    assert not (tmp_path / "new").exists()
 
 
 # ------------------------------------------------------------------------------------------ CLI + evaluate
 
 
 def cli_settings(workdir: Path) -> list[str]:
-    return [arg for override in [*SMALL_SAMPLE, *path_overrides(workdir)] for arg in ("--set", override)]
+    overrides = [arg for override in [*SMALL_SAMPLE, *path_overrides(workdir)] for arg in ("--set", override)]
+    return ["--params", str(PARAMS), *overrides]
 
 
-def test_cli_predict_prints_labels_and_probabilities(trained, classifier: OnnxClassifier) -> None:
+def test_cli_predict_prints_labels_and_probabilities(trained, in_workspace, classifier: OnnxClassifier) -> None:
     workdir, cfg = trained
     result = CliRunner().invoke(app, ["predict", "--model", "gru", "stocks rally on wall street", "", *cli_settings(workdir)])
     assert result.exit_code == 0, result.output
@@ -256,14 +304,17 @@ def test_cli_predict_prints_labels_and_probabilities(trained, classifier: OnnxCl
     assert expected_label in result.output and all(name in result.output for name in cfg.data.classes)
 
 
-def test_cli_predict_scores_a_file_into_jsonl_in_input_order(trained, classifier: OnnxClassifier, tmp_path: Path) -> None:
+def test_cli_predict_scores_a_file_into_jsonl_in_input_order(
+    trained, in_workspace, classifier: OnnxClassifier, tmp_path: Path
+) -> None:
     workdir, cfg = trained
     texts = ["the match ended in a draw", "", "shares fell sharply", "x " * 400]
     (tmp_path / "in.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    output = tmp_path / "out" / "predictions.jsonl"
+    output = workdir / tmp_path.name / "predictions.jsonl"  # inside the working directory
     model_dir = str(cfg.paths.model_dir("gru"))  # a directory, not a variant name
     result = CliRunner().invoke(
-        app, ["predict", "-m", model_dir, "--input", str(tmp_path / "in.jsonl"), "--output", str(output), "--no-progress"]
+        app, ["predict", "-m", model_dir, "--input", str(tmp_path / "in.jsonl"), "--output", str(output), "--no-progress",
+              *cli_settings(workdir)]
     )
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
@@ -273,7 +324,7 @@ def test_cli_predict_scores_a_file_into_jsonl_in_input_order(trained, classifier
     np.testing.assert_allclose([list(record["probabilities"].values()) for record in records], probabilities, atol=1e-5)
 
 
-def test_cli_predict_errors_are_one_line(trained) -> None:
+def test_cli_predict_errors_are_one_line(trained, in_workspace) -> None:
     workdir, _ = trained
     runner = CliRunner()
     unknown = runner.invoke(app, ["predict", "-m", "nope", "text", *cli_settings(workdir)])
@@ -282,7 +333,7 @@ def test_cli_predict_errors_are_one_line(trained) -> None:
     assert neither.exit_code == 2 and "exactly one of them" in neither.output
 
 
-def test_cli_export_then_evaluate_records_the_onnxruntime_provider(trained) -> None:
+def test_cli_export_then_evaluate_records_the_onnxruntime_provider(trained, in_workspace) -> None:
     workdir, cfg = trained
     runner = CliRunner()
     exported = runner.invoke(app, ["export", "--variant", "gru", *cli_settings(workdir)])
@@ -303,7 +354,8 @@ def test_cli_export_then_evaluate_records_the_onnxruntime_provider(trained) -> N
 
 
 def test_evaluate_before_export_says_what_to_run(workspace: Path) -> None:
+    from textrnn.errors import TextrnnError
     from textrnn.evaluate import evaluate_variant
 
-    with pytest.raises(InferenceError, match="textrnn export"):
+    with pytest.raises(TextrnnError, match="textrnn export"):
         evaluate_variant(make_config(workspace), "lstm")

@@ -7,12 +7,19 @@ exactly what we ship. A model directory written by `textrnn export` holds everyt
 Providers: `auto` and `cuda` ask for CUDA then CPU; onnxruntime silently drops a provider it cannot
 create (`get_available_providers()` lists CUDA even without a GPU), so we read `session.get_providers()`
 to know which one really runs, log it once, and make `device="cuda"` an error when CUDA did not come up.
+
+Integrity: a graph is verified before onnxruntime sees it (`textrnn.onnx_graph.read_graph`), and the
+verified bytes are what it loads.
+
+Determinism: a text's probabilities are a function of that text alone, bit for bit. Texts are batched
+with others of exactly the same token length, so no row is ever padded: the unmasked `rnn` (which reads
+pads) sees each text exactly as it would alone, and no variant's arithmetic changes with its batch-mates
+(see `length_batches`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import io
 import json
@@ -30,6 +37,8 @@ import onnxruntime as ort  # noqa: E402
 
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import sha256_file  # noqa: E402
+from textrnn.onnx_graph import InferenceError, read_graph  # noqa: E402
+from textrnn.text import normalize_text  # noqa: E402
 from textrnn.tokens import EncodedTexts, encode_texts, load_tokenizer  # noqa: E402
 
 log = logging.getLogger("textrnn")
@@ -44,12 +53,9 @@ CUDA_REQUIREMENTS = (
     "onnxruntime-gpu 1.31 needs an NVIDIA GPU with CUDA 13 and cuDNN 9 (the package's cuda and cudnn extras install them)"
 )
 
+
 # Only errors from onnxruntime's own logger; its warnings are about things we report ourselves.
 ort.set_default_logger_severity(_ORT_ERROR)
-
-
-class InferenceError(TextrnnError):
-    """The model directory, the runtime or the requested device cannot serve predictions."""
 
 
 class TextInputError(TextrnnError, TypeError):
@@ -88,15 +94,19 @@ def _preload_cuda_libraries() -> str:
     return next((line.split(":")[0] for line in failures), "")
 
 
-def create_session(onnx_file: Path | str, device: Device = "auto", threads: int | None = None) -> ort.InferenceSession:
+def create_session(
+    onnx_file: Path | str, device: Device = "auto", threads: int | None = None, model_bytes: bytes | None = None
+) -> ort.InferenceSession:
     """A session for `device`: `cpu` uses CPU; `auto` tries CUDA then CPU; `cuda` requires CUDA.
 
-    Raises InferenceError when the file is missing or invalid, for an unknown device, and for
-    `device="cuda"` when the CUDA provider could not be created (never a silent CPU fallback).
+    `model_bytes`, when given, is the graph to load (already read and verified); `onnx_file` then only
+    names it in messages. Raises InferenceError when the file is missing or invalid, for an unknown
+    device, and for `device="cuda"` when the CUDA provider could not be created (never a silent CPU
+    fallback).
     """
     if device not in ("auto", "cpu", "cuda"):
         raise InferenceError(f"unknown device '{device}' (expected auto, cpu or cuda)")
-    if not Path(onnx_file).is_file():
+    if model_bytes is None and not Path(onnx_file).is_file():
         raise InferenceError(f"{onnx_file}: ONNX model not found (run `textrnn export` first)")
     wants_cuda = device != "cpu" and CUDA_PROVIDER in ort.get_available_providers()
     load_failure = _preload_cuda_libraries() if wants_cuda else ""
@@ -105,9 +115,11 @@ def create_session(onnx_file: Path | str, device: Device = "auto", threads: int 
     # we detect the fallback from get_providers() and report it ourselves, so mute that one call.
     ort.set_default_logger_severity(_ORT_FATAL if wants_cuda else _ORT_ERROR)
     try:
-        session = ort.InferenceSession(str(onnx_file), sess_options=session_options(threads), providers=providers)
+        source = model_bytes if model_bytes is not None else str(onnx_file)
+        session = ort.InferenceSession(source, sess_options=session_options(threads), providers=providers)
     except Exception as error:  # onnxruntime raises its own exception types with multi-line text
-        raise InferenceError(f"{onnx_file}: onnxruntime cannot load it ({str(error).splitlines()[0]})") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InferenceError(f"{onnx_file}: onnxruntime cannot load it ({first})") from None
     finally:
         ort.set_default_logger_severity(_ORT_ERROR)
     if device == "cuda" and session.get_providers()[0] != CUDA_PROVIDER:
@@ -120,21 +132,21 @@ def create_session(onnx_file: Path | str, device: Device = "auto", threads: int 
 
 
 def length_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    """Row indices grouped into batches of similar length, each costing at most `batch_tokens`
-    (rows x longest row) unless a single row is longer than the budget (it then runs alone).
+    """Row indices grouped into batches whose rows all have the same length, each costing at most
+    `batch_tokens` (rows x length) unless a single row is longer than the budget (it then runs alone).
 
-    Rows are sorted by length first (stable), so padding stays small on mixed-length inputs; every
-    row appears in exactly one batch.
+    No batch needs padding, so a row's logits never depend on the other rows of the call: the unmasked
+    `rnn` reads pads, and even a masked graph's arithmetic (the order of a sum over time in `bag`)
+    changes with the padded width. Every row appears in exactly one batch; rows keep their input order
+    within a length (stable sort).
     """
     order = np.argsort(lengths, kind="stable")
-    batches, start = [], 0
-    for end in range(1, len(order) + 1):
-        # Sorted ascending: the row just added is the longest, so the batch costs rows x its length.
-        if end - start > 1 and (end - start) * int(lengths[order[end - 1]]) > batch_tokens:
-            batches.append(order[start : end - 1])
-            start = end - 1
-    if start < len(order):
-        batches.append(order[start:])
+    batches = []
+    for group in np.split(order, np.flatnonzero(np.diff(np.asarray(lengths)[order])) + 1):
+        if not len(group):
+            continue
+        per_batch = max(1, batch_tokens // max(int(lengths[group[0]]), 1))
+        batches.extend(group[start : start + per_batch] for start in range(0, len(group), per_batch))
     return batches
 
 
@@ -146,13 +158,21 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def checked_texts(texts: Iterable[str]) -> list[str]:
-    """`texts` as a list of str; raises TextInputError naming the first non-string's index."""
+    """`texts` as a list of str; raises TextInputError naming the first non-string's index (or the first
+    string holding a lone surrogate, which no tokenizer can encode)."""
     if isinstance(texts, (str, bytes)):
         raise TextInputError("texts must be a sequence of strings, not a single string (wrap it in a list)")
     texts = list(texts)
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise TextInputError(f"texts[{index}] is {type(text).__name__}, expected str")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: undecodable bytes from argv, or JSON "\udc80"
+            raise TextInputError(
+                f"texts[{index}] is not valid Unicode (a lone surrogate at character {error.start}: "
+                "undecodable bytes?); pass UTF-8 text"
+            ) from None
     return texts
 
 
@@ -161,15 +181,28 @@ def _graph_classes(session: ort.InferenceSession) -> list[str] | None:
     return json.loads(raw) if raw else None
 
 
+def _graph_variant(session: ort.InferenceSession) -> dict | None:
+    """The exported VariantConfig (`textrnn.variant_config`: cell, masked, ...), or None when not recorded."""
+    raw = session.get_modelmeta().custom_metadata_map.get("textrnn.variant_config")
+    try:
+        config = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return config if isinstance(config, dict) else None
+
+
 class OnnxClassifier:
     """Classify raw texts with an exported model.
 
     `predict(texts)` returns (labels: list[str] of len n, probabilities: float32 [n, classes]) in input
     order. `provider` names the onnxruntime execution provider that really runs.
 
-    Texts are batched internally by length, so a masked model's prediction for a text does not depend
-    on the other texts in the call. The unmasked `rnn` variant reads its pads (the lesson's first
-    model), so its outputs do depend on the batch a text lands in.
+    A text's probabilities depend on that text alone, bit for bit, for every variant: texts are
+    normalised (`textrnn.text.normalize_text`, as in training), and batched only with texts of the same
+    token length, so no row is padded (`length_batches`). The unmasked `rnn` (which reads pads, the
+    lesson's first model) therefore reads exactly its own tokens, as in length-bucketed training; a
+    batch of one row runs as two copies of it, because onnxruntime's RNN kernel rounds a single row
+    differently from a batch. `variant` holds the graph's recorded VariantConfig (`masked` included).
     """
 
     def __init__(
@@ -186,8 +219,10 @@ class OnnxClassifier:
         if batch_tokens < 1:
             raise InferenceError(f"batch_tokens must be >= 1, got {batch_tokens}")
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.session = create_session(onnx_path, device, threads)
+        # Verified bytes are what onnxruntime loads: nothing can change the file in between.
+        self.session = create_session(onnx_path, device, threads, model_bytes=read_graph(onnx_path))
         self.provider: str = self.session.get_providers()[0]
+        self.variant: dict | None = _graph_variant(self.session)
         self.batch_tokens = batch_tokens
         self.classes = self._resolve_classes(classes, onnx_path)
         self._check_tokenizer(tokenizer_path, onnx_path)
@@ -227,8 +262,9 @@ class OnnxClassifier:
             raise InferenceError(f"{tokenizer_path}: not the tokenizer {onnx_path} was exported with (sha256 differs)")
 
     def encode(self, texts: Iterable[str]) -> EncodedTexts:
-        """Token ids for `texts` (an empty text becomes one [UNK]; long texts are cut at max_len)."""
-        return encode_texts(self.tokenizer, checked_texts(texts))
+        """Token ids for `texts`, normalised as training normalised its texts (`normalize_text`); an
+        empty text becomes one [UNK]; long texts are cut at max_len."""
+        return encode_texts(self.tokenizer, [normalize_text(text) for text in checked_texts(texts)])
 
     def predict_proba(self, texts: Iterable[str]) -> np.ndarray:
         """Class probabilities float32 [n, classes], rows in input order."""
@@ -240,10 +276,12 @@ class OnnxClassifier:
         return [self.classes[index] for index in probabilities.argmax(axis=1)], probabilities
 
     def logits(self, encoded: EncodedTexts) -> np.ndarray:
-        """Logits float32 [rows, classes] for encoded texts, in their order; batched by length."""
+        """Logits float32 [rows, classes] for encoded texts, in their order; each row's logits depend on
+        that row alone (batches of equal-length rows, never padded, never a lone row: see the class)."""
         logits = np.empty((len(encoded), len(self.classes)), dtype=np.float32)
         for rows in length_batches(encoded.lengths, self.batch_tokens):
-            logits[rows] = self._run(encoded.padded(rows), encoded.lengths[rows])
+            run_rows = np.concatenate([rows, rows]) if len(rows) == 1 else rows
+            logits[rows] = self._run(encoded.padded(run_rows), encoded.lengths[run_rows])[: len(rows)]
         return logits
 
     def _run(self, token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -261,46 +299,3 @@ class OnnxClassifier:
         binding.bind_output("logits", device, 0)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
-
-
-def read_texts(path: Path | str) -> list[str]:
-    """Texts to score from a file: `.csv` (a `text` column), `.jsonl` (a `text` field per line) or
-    anything else as plain text, one text per line (blank lines kept, so line i is text i).
-
-    Raises InferenceError naming the file (and line) when it is missing or malformed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InferenceError(f"{path}: input file not found")
-    content = path.read_text(encoding="utf-8").removeprefix("\ufeff")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _csv_texts(content, path)
-    if suffix in (".jsonl", ".ndjson"):
-        return _jsonl_texts(content, path)
-    return content.splitlines()
-
-
-def _csv_texts(content: str, path: Path) -> list[str]:
-    reader = csv.DictReader(io.StringIO(content, newline=""))
-    if reader.fieldnames is None or "text" not in reader.fieldnames:
-        raise InferenceError(f"{path}: CSV needs a header with a 'text' column (found {reader.fieldnames or 'none'})")
-    try:
-        return [row["text"] or "" for row in reader]
-    except csv.Error as error:
-        raise InferenceError(f"{path}: malformed CSV at line {reader.line_num}: {error}") from None
-
-
-def _jsonl_texts(content: str, path: Path) -> list[str]:
-    texts = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InferenceError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InferenceError(f"{path}:{number}: expected an object with a string 'text' field")
-        texts.append(record["text"])
-    return texts
