@@ -191,7 +191,8 @@ def run_variant_on_worker(params: str, variant: str, overrides: Overrides, paren
     The row comes back through the flow run's persisted result: with workers on several machines, point
     Prefect's default result storage at shared object storage (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK).
     A flow run that ends Crashed (its infrastructure died) is submitted again, up to CRASH_RESUBMISSIONS
-    times, for whichever worker is free; a Failed one (the variant's own error) is not.
+    times, for whichever worker is free, after its MLflow run (left RUNNING by the dead worker) is marked
+    KILLED; a Failed one (the variant's own error) is not submitted again.
     """
     for attempt in range(CRASH_RESUBMISSIONS + 1):
         flow_run = run_deployment(
@@ -200,6 +201,10 @@ def run_variant_on_worker(params: str, variant: str, overrides: Overrides, paren
             timeout=None,  # wait as long as training takes
         )
         state = flow_run.state
+        if state is not None and state.is_crashed() and parent_run_id is not None:
+            from textrnn.tracking import kill_orphaned_runs
+
+            kill_orphaned_runs(parent_run_id, variant)  # the dead worker can never end its MLflow run
         if state is None or not state.is_crashed() or attempt == CRASH_RESUBMISSIONS:
             break
         get_run_logger().warning("%s: flow run '%s' crashed (%s); submitting it again", variant, flow_run.name,
@@ -263,7 +268,7 @@ def fan_out(cfg: Config, params: str, names: list[str], overrides: Overrides,
 
 def parent_run_name() -> str:
     """`pipeline <UTC date time> <commit>`: which code ran when, at a glance in the MLflow UI."""
-    from textrnn.tracking import git_tags
+    from textrnn.provenance import git_tags
 
     commit = git_tags()["git_commit"][:8]
     return f"pipeline {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC {commit}"

@@ -94,6 +94,7 @@ def tracked(mlflow_server: Server, encoded_sample: Path, tmp_path_factory: pytes
     workdir = tmp_path_factory.mktemp("tracked") / "ws"
     shutil.copytree(encoded_sample, workdir)
     with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)  # steps run inside their workspace (lineage records paths relative to it)
         patch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
         patch.delenv("TEXTRNN_MLFLOW_PARENT_RUN_ID", raising=False)
         patch.delenv("DVC_EXP_NAME", raising=False)
@@ -112,6 +113,13 @@ def tracked(mlflow_server: Server, encoded_sample: Path, tmp_path_factory: pytes
         first_promotion = steps.promote_step(cfg)
         mlflow.set_tracking_uri(mlflow_server.url)
         yield Tracked(cfg, mlflow_server, parent_run_id, results, first_promotion)
+
+
+@pytest.fixture(autouse=True)
+def _in_the_tracked_workspace(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests on the tracked workspace run inside it, as its steps did."""
+    if "tracked" in request.fixturenames:
+        monkeypatch.chdir(request.getfixturevalue("tracked").cfg.paths.models.parent)
 
 
 # ----------------------------------------------------------------------------------------- runs
@@ -184,10 +192,15 @@ def test_artifacts_can_be_downloaded(tracked: Tracked, tmp_path: Path) -> None:
         assert (local / "plots" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_a_resumed_train_logs_into_the_recorded_run(tracked: Tracked) -> None:
-    # epochs=1 is already done: resuming trains nothing, but must reopen (not replace) the run.
-    result = steps.train_step(tracked.cfg, "bag", resume=True)
+def test_a_resumed_train_logs_into_the_recorded_run(tracked: Tracked, tmp_path: Path, monkeypatch) -> None:
+    # epochs=1 is already done: resuming trains nothing, but must reopen (not replace) the run. In a copy:
+    # training (resumed or not) clears the variant's export, which later tests read.
+    workdir = tmp_path / "ws"
+    shutil.copytree(tracked.cfg.paths.models.parent, workdir)
+    monkeypatch.chdir(workdir)
+    result = steps.train_step(make_config(workdir, "tracking.enabled=true", "train.epochs=1"), "bag", resume=True)
     assert result["mlflow_run_id"] == tracked.run_id("bag")
+    assert tracked.client.get_run(tracked.run_id("bag")).info.status == "FINISHED"
 
 
 # ------------------------------------------------------------------------------------ registry
@@ -253,6 +266,7 @@ def test_failed_parity_is_logged_and_blocks_registration(tracked: Tracked, tmp_p
 
     workdir = tmp_path / "ws"
     shutil.copytree(tracked.cfg.paths.models.parent, workdir)
+    monkeypatch.chdir(workdir)
     (workdir / "models" / "bag" / "mlflow_run.json").unlink()  # a fresh run: leave the fixture's alone
     cfg = make_config(workdir, "tracking.enabled=true", "train.epochs=1")
     checked = export.parity_check
@@ -293,13 +307,13 @@ def test_champion_pyfunc_predicts_exactly_what_onnx_classifier_does(tracked: Tra
 
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@champion", model_config={"inference_device": "cpu"})
     labels, probabilities = onnx_reference(tracked)
-    from_list = model.predict(TEXTS)
+    from_mapping = model.predict({"text": TEXTS})  # the signature names its one column, `text`
     from_frame = model.predict(pd.DataFrame({"text": TEXTS}))
-    pd.testing.assert_frame_equal(from_list, from_frame)
-    assert from_list["label"].tolist() == labels
+    pd.testing.assert_frame_equal(from_mapping, from_frame)
+    assert from_mapping["label"].tolist() == labels
     classes = tracked.cfg.data.classes
-    assert list(from_list.columns) == ["label", *(f"prob_{name}" for name in classes)]
-    np.testing.assert_array_equal(from_list[[f"prob_{name}" for name in classes]].to_numpy(), probabilities)
+    assert list(from_mapping.columns) == ["label", *(f"prob_{name}" for name in classes)]
+    np.testing.assert_array_equal(from_mapping[[f"prob_{name}" for name in classes]].to_numpy(), probabilities)
     assert model.metadata.get_input_schema() is not None and model.metadata.get_output_schema() is not None
 
 
@@ -315,7 +329,7 @@ def test_pyfunc_loads_without_textrnn_installed(tracked: Tracked, tmp_path: Path
         import mlflow.pyfunc
         model = mlflow.pyfunc.load_model({str(model_dir)!r}, model_config={{"inference_device": "cpu"}})
         import textrnn
-        print(json.dumps({{"file": textrnn.__file__, "labels": model.predict({TEXTS!r})["label"].tolist()}}))
+        print(json.dumps({{"file": textrnn.__file__, "labels": model.predict({{"text": {TEXTS!r}}})["label"].tolist()}}))
         """
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
@@ -455,7 +469,7 @@ def candidate(version: str, accuracy: float | None, parity: bool = True, variant
 
 
 def test_promotion_rules() -> None:
-    from textrnn.tracking import decide_promotion
+    from textrnn.promotion import decide_promotion
 
     first = decide_promotion([candidate("1", 0.5), candidate("2", 0.7)], None, 0.0)
     assert first["promoted"] and first["version"] == "2"
