@@ -31,8 +31,8 @@ def resolve_model(model: str, cfg: Config) -> str:
 @task(name="score", cache_policy=NO_CACHE)
 def score(model_dir: str, input_path: str, output_path: str, device: str) -> dict[str, Any]:
     """Score every text of `input_path` and write JSONL predictions to `output_path` (atomically)."""
-    from textrnn.inference import OnnxClassifier, read_texts
-    from textrnn.serving import write_predictions_jsonl
+    from textrnn.inference import OnnxClassifier
+    from textrnn.serving import read_texts, write_predictions_jsonl
 
     classifier = OnnxClassifier.from_model_dir(model_dir, device=device)
     texts = read_texts(input_path)

@@ -44,6 +44,10 @@ SetOption = Annotated[
 ]
 VariantOption = Annotated[str, typer.Option("--variant", "-v", help="Variant name from params.yaml `variants`.")]
 ProgressOption = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="If another process is writing the same outputs, wait for it instead of failing."),
+]
 
 
 @app.callback()
@@ -122,24 +126,24 @@ def load_config(params: Path, overrides: list[str] | None) -> Config:
 
 @app.command()
 @user_errors
-def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False) -> None:
     """Load, validate and split the data source into data/prepared/{train,val,test}.parquet."""
     from textrnn.steps import prepare_step
 
     cfg = load_config(params, set_)
-    report = prepare_step(cfg)
+    report = prepare_step(cfg, wait=wait)
     rows = ", ".join(f"{split} {count}" for split, count in report["rows"].items())
     console.print(f"prepared {cfg.data.source}: {rows} -> {cfg.paths.prepared}")
 
 
 @app.command()
 @user_errors
-def encode(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+def encode(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False) -> None:
     """Fit the vocabulary on train, encode every split, and measure bucketing's padding efficiency."""
     from textrnn.steps import encode_step
 
     cfg = load_config(params, set_)
-    report = encode_step(cfg)
+    report = encode_step(cfg, wait=wait)
     at_64 = next(r for r in report["by_batch_size"] if r["batch_size"] == 64)
     console.print(
         f"vocabulary {report['vocab_size']}; padding efficiency at batch 64: "
@@ -155,6 +159,7 @@ def train(
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option(help="Continue from the variant's last checkpoint.")] = False,
     progress: ProgressOption = True,
+    wait: WaitOption = False,
 ) -> None:
     """Train one variant; writes models/<variant>/model.pt and metrics/<variant>/train.json.
 
@@ -164,7 +169,7 @@ def train(
     from textrnn.steps import train_step
 
     cfg = load_config(params, set_)
-    summary = train_step(cfg, variant, resume=resume, show_progress=progress)
+    summary = train_step(cfg, variant, resume=resume, show_progress=progress, wait=wait)
     console.print(
         f"{variant}: best val accuracy {summary['best_val_accuracy']:.4f} at epoch {summary['best_epoch']}, "
         f"{summary['samples_per_second']:.0f} samples/s, padding efficiency {summary['padding_efficiency']:.3f}"
@@ -181,13 +186,15 @@ DeviceOption = Annotated[
 
 @app.command()
 @user_errors
-def export(variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+def export(
+    variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False
+) -> None:
     """Export one variant to models/<variant>/model.onnx; fails unless onnxruntime matches torch (parity)."""
     from textrnn.export import onnx_path
     from textrnn.steps import export_step
 
     cfg = load_config(params, set_)
-    report = export_step(cfg, variant)
+    report = export_step(cfg, variant, wait=wait)
     console.print(
         f"{variant}: {onnx_path(cfg.paths.model_dir(variant))} (opset {report['opset']}), parity max |logit diff| "
         f"{report['max_abs_diff']:.2e} over {len(report['shapes'])} shapes"
@@ -201,13 +208,14 @@ def evaluate(
     params: ParamsOption = Path("params.yaml"),
     set_: SetOption = None,
     device: DeviceOption = "auto",
+    wait: WaitOption = False,
 ) -> None:
     """Evaluate one exported variant on the test split through onnxruntime; writes metrics/<variant>/eval.json
     and plots/<variant>/."""
     from textrnn.steps import evaluate_step
 
     cfg = load_config(params, set_)
-    report = evaluate_step(cfg, variant, device=device)
+    report = evaluate_step(cfg, variant, device=device, wait=wait)
     console.print(
         f"{variant}: test accuracy {report['test_accuracy']:.4f}, macro-F1 {report['test_macro_f1']:.4f} "
         f"({report['provider']}, {report['inference_latency_ms_b1']:.2f} ms at batch 1)"
@@ -216,12 +224,14 @@ def evaluate(
 
 @app.command()
 @user_errors
-def register(variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+def register(
+    variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False
+) -> None:
     """Register the variant's exported, evaluated MLflow model as a version of registry.model_name."""
     from textrnn.steps import register_step
 
     cfg = load_config(params, set_)
-    result = register_step(cfg, variant)
+    result = register_step(cfg, variant, wait=wait)
     if not result["registered"]:
         console.print(f"{variant}: not registered ({result['reason']})")
         return
@@ -285,12 +295,14 @@ def predict(
     progress: ProgressOption = True,
 ) -> None:
     """Classify texts with an exported model; prints label + probabilities, or writes JSONL with --output."""
-    from textrnn.inference import OnnxClassifier, read_texts
-    from textrnn.serving import prediction_record, resolve_model, write_predictions_jsonl
+    from textrnn.inference import OnnxClassifier
+    from textrnn.serving import check_output_path, prediction_record, read_texts, resolve_model, write_predictions_jsonl
 
     if bool(texts) == (input_ is not None):
         raise TextrnnError("give texts as arguments or --input FILE (exactly one of them)")
     cfg = load_config(params, set_)
+    if output is not None:
+        check_output_path(output)  # before the model loads: a bad --output fails at once
     classifier = OnnxClassifier.from_model_dir(resolve_model(model, cfg), device=device)
     texts = read_texts(input_) if input_ is not None else list(texts)
     if output is not None:
