@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,19 +87,29 @@ def _start(args: list[str], log_path: Path, env: dict[str, str], url: str) -> Se
     return Server(url=url, process=process, log_path=log_path)
 
 
-def start_tracking_server(root: Path, timeout_s: float = 120, backend_store_uri: str | None = None) -> Server:
+def start_tracking_server(root: Path, timeout_s: float = 120, backend_store_uri: str | None = None, *,
+                          app_name: str | None = None, extra_env: Mapping[str, str] | None = None,
+                          launcher: Sequence[str] | None = None) -> Server:
     """`mlflow server` with proxied artifacts under `root` and a sqlite backend there too, unless
-    `backend_store_uri` names another (e.g. PostgreSQL); returns once /health answers."""
+    `backend_store_uri` names another (e.g. PostgreSQL); returns once /health answers.
+
+    `app_name` is passed as `--app-name` (e.g. "basic-auth", whose settings and secrets come through
+    `extra_env`: MLFLOW_AUTH_CONFIG_PATH, MLFLOW_AUTH_ADMIN_USERNAME/PASSWORD, MLFLOW_FLASK_SERVER_SECRET_KEY;
+    /health stays open, so the readiness check needs no credentials). `launcher` replaces `mlflow server`
+    at the start of the command line with a program that execs it (e.g. infra/docker/mlflow-server.sh);
+    `mlflow` is on its PATH.
+    """
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     args = [
-        str(BIN / "mlflow"), "server",
+        *(launcher or (str(BIN / "mlflow"), "server")),
         "--backend-store-uri", backend_store_uri or f"sqlite:///{(root / 'mlflow.db').resolve()}",
         "--serve-artifacts", "--artifacts-destination", str((root / "artifacts").resolve()),
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        *(("--app-name", app_name) if app_name else ()),
     ]
     # Job execution (huey workers for GenAI features we do not use) would add eight processes.
-    env = _env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = _env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(extra_env or {}))
     server = _start(args, root / "server.log", env, f"http://127.0.0.1:{port}")
     server.wait_until_up("/health", timeout_s)
     return server

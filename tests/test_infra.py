@@ -7,6 +7,9 @@
   example Job and on the Job that the work-pool template renders to.
 - Work-pool template: Prefect's own base-job-template validation and templating.
 - Postgres init script: run against a throwaway PostgreSQL cluster.
+- MLflow image entrypoint: the auth settings file it writes, read back by MLflow's own config reader.
+- Authentication: both servers demand credentials and every client in the stack has them (the refusal
+  itself is checked on the real servers by test_scale_out.py; the image contexts by test_faults_auth.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ TEMPLATE = INFRA / "k8s" / "gpu-work-pool-job-template.json"
 DOCKERFILES = sorted((INFRA / "docker").glob("*.Dockerfile"))
 
 # Variables that hold secrets: the compose file must refuse to start without them.
-SECRETS = {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "MINIO_ROOT_PASSWORD"}
+SECRETS = {
+    "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "MINIO_ROOT_PASSWORD",
+    "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_API_AUTH_STRING",
+}
+MLFLOW_ENTRYPOINT = INFRA / "docker" / "mlflow-server.sh"
 
 
 def _tool(name: str) -> str | None:
@@ -173,6 +180,94 @@ def test_compose_services_are_pinned_healthchecked_and_ordered(compose_model: di
     assert prefect_env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
 
 
+def test_compose_servers_require_credentials_that_every_client_has(compose_model: dict[str, Any]) -> None:
+    services = compose_model["services"]
+    example = _env_example()
+    mlflow = services["mlflow"]
+    # MLflow's basic-auth app, its admin user and CSRF key from .env; the image's entrypoint writes its settings.
+    assert "--app-name=basic-auth" in mlflow["command"]
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"] == example["MLFLOW_TRACKING_USERNAME"]
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_PASSWORD"] == example["MLFLOW_TRACKING_PASSWORD"]
+    assert mlflow["environment"]["MLFLOW_FLASK_SERVER_SECRET_KEY"] == example["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    assert mlflow["environment"]["MLFLOW_AUTH_DEFAULT_PERMISSION"] == "READ"
+    assert mlflow["environment"]["MLFLOW_AUTH_CACHE_TTL_SECONDS"] == "60"
+    assert not mlflow.get("entrypoint")  # the image's: docker/mlflow-server.sh
+    assert services["prefect"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] == example["PREFECT_API_AUTH_STRING"]
+    for pool in ("cpu", "gpu"):
+        env = services[f"{pool}-worker"]["environment"]
+        assert env["PREFECT_API_AUTH_STRING"] == example["PREFECT_API_AUTH_STRING"]
+        assert env["MLFLOW_TRACKING_USERNAME"] == example["MLFLOW_TRACKING_USERNAME"]
+        assert env["MLFLOW_TRACKING_PASSWORD"] == example["MLFLOW_TRACKING_PASSWORD"]
+    # Secrets travel in the environment only: never on a command line (visible to `ps` and `docker inspect`).
+    secret_values = {example[name] for name in SECRETS}
+    for name, svc in services.items():
+        words = [*(svc.get("command") or []), *(svc.get("entrypoint") or [])]
+        healthcheck = svc.get("healthcheck", {}).get("test") or []
+        for word in [*words, *healthcheck]:
+            assert not any(value in word for value in secret_values), f"{name}: a secret in {word!r}"
+
+
+def test_mlflow_dockerfile_installs_the_auth_extra_and_the_entrypoint() -> None:
+    dockerfile = (INFRA / "docker" / "mlflow.Dockerfile").read_text()
+    assert '"mlflow[auth]==${MLFLOW_VERSION}"' in dockerfile  # Flask-WTF: the auth app will not start without it
+    assert "COPY --chmod=755 mlflow-server.sh /usr/local/bin/mlflow-server" in dockerfile
+    assert 'ENTRYPOINT ["mlflow-server"]' in dockerfile
+    assert re.search(r'^CMD \[.*"--app-name", "basic-auth"\]$', dockerfile, flags=re.MULTILINE)
+
+
+def _run_entrypoint(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """infra/docker/mlflow-server.sh with a stand-in `mlflow` on PATH that prints the arguments it was given."""
+    fake = tmp_path / "bin" / "mlflow"
+    fake.parent.mkdir(exist_ok=True)
+    fake.write_text('#!/bin/sh\necho "mlflow $*"\n')
+    fake.chmod(0o755)
+    base = {"PATH": f"{fake.parent}{os.pathsep}/usr/bin:/bin", "HOME": str(tmp_path)}
+    return _run(["sh", str(MLFLOW_ENTRYPOINT), "--host", "0.0.0.0", "--app-name", "basic-auth"],
+                env={**base, **env})
+
+
+def _read_auth_config(path: Path) -> dict[str, Any]:
+    """MLflow's own reader of the auth app's settings, on `path`, in a clean process."""
+    code = "import json; from mlflow.server.auth.config import read_auth_config; print(json.dumps(read_auth_config()._asdict()))"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_AUTH_")}
+    out = _run([sys.executable, "-c", code], env={**env, "MLFLOW_AUTH_CONFIG_PATH": str(path)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_mlflow_entrypoint_writes_the_auth_settings_mlflow_reads(tmp_path: Path) -> None:
+    # A URL-encoded password ('%') would be an interpolation to configparser if written as is.
+    uri = "postgresql+psycopg2://mlflow:p%40ss-w0rd@postgres:5432/mlflow"
+    config = tmp_path / "auth" / "basic_auth.ini"
+    config.parent.mkdir()
+    out = _run_entrypoint(tmp_path, {"MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_AUTH_CONFIG_PATH": str(config),
+                                     "MLFLOW_AUTH_DEFAULT_PERMISSION": "EDIT", "MLFLOW_AUTH_CACHE_TTL_SECONDS": "60"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "mlflow server --host 0.0.0.0 --app-name basic-auth"  # exec'd with the arguments
+    assert config.stat().st_mode & 0o077 == 0, oct(config.stat().st_mode)  # it holds the database password
+    settings = _read_auth_config(config)
+    assert settings["database_uri"] == uri
+    assert settings["default_permission"] == "EDIT"
+    assert settings["auth_cache_ttl_seconds"] == 60
+    # The admin user comes from MLFLOW_AUTH_ADMIN_* in the environment, not from the file.
+    assert settings["admin_username"] is None and settings["admin_password"] is None
+
+    # Defaults: READ, the file in $HOME; MLFLOW_AUTH_DATABASE_URI wins over the backend store.
+    out = _run_entrypoint(tmp_path, {"MLFLOW_BACKEND_STORE_URI": uri, "MLFLOW_AUTH_DATABASE_URI": "sqlite:///auth.db"})
+    assert out.returncode == 0, out.stderr
+    settings = _read_auth_config(tmp_path / "basic_auth.ini")
+    assert (settings["database_uri"], settings["default_permission"]) == ("sqlite:///auth.db", "READ")
+    assert settings["auth_cache_ttl_seconds"] == 0  # MLflow's own default
+
+
+@pytest.mark.parametrize(("name", "value"), [("MLFLOW_AUTH_DEFAULT_PERMISSION", "ALL"),
+                                             ("MLFLOW_AUTH_CACHE_TTL_SECONDS", "1m")])
+def test_mlflow_entrypoint_refuses_a_bad_setting(tmp_path: Path, name: str, value: str) -> None:
+    out = _run_entrypoint(tmp_path, {name: value})
+    assert out.returncode == 2 and name in out.stderr
+    assert "mlflow server" not in out.stdout
+
+
 # --- Dockerfiles -----------------------------------------------------------------------------
 
 
@@ -274,6 +369,9 @@ def test_work_pool_template_renders_to_a_valid_gpu_job() -> None:
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     mlflow_uri = "http://mlflow.textrnn.svc.cluster.local:5000"
     assert {"name": "MLFLOW_TRACKING_URI", "value": mlflow_uri} in container["env"]
+    # MLflow's user and password come from a Secret, not from the template.
+    assert container["envFrom"] == [{"secretRef": {"name": "textrnn-mlflow-auth"}}]
+    assert not {e["name"] for e in container["env"]} & {"MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING"}
     assert container["args"] == ["prefect", "flow-run", "execute"]
     _validate_job(manifest)
 
@@ -298,6 +396,9 @@ def test_helm_values_parse() -> None:
     # with --set-file is validated above.
     values = yaml.safe_load((INFRA / "k8s" / "prefect-worker-values.yaml").read_text())
     assert values["worker"]["config"]["workPool"] == "gpu"
+    # The server's auth string, from a Secret (key `auth-string`), never written in the values.
+    basic_auth = values["worker"]["selfHostedServerApiConfig"]["basicAuth"]
+    assert basic_auth == {"enabled": True, "existingSecret": "prefect-basic-auth"}
 
 
 # --- Postgres init script --------------------------------------------------------------------

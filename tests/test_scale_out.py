@@ -4,7 +4,11 @@ PostgreSQL from the Debian server binaries (a throwaway cluster on 127.0.0.1, cr
 infra/postgres/init-databases.sh that compose mounts), an MLflow tracking server on its `mlflow` database
 with proxied artifacts (`--serve-artifacts`: clients get only `mlflow-artifacts:` URIs), a Prefect server
 on its `prefect` database, work pools `cpu` and `gpu`, one `cpu` worker and two `gpu` process workers, and
-prefect.yaml deployed with `prefect --no-prompt deploy --all`. Then:
+prefect.yaml deployed with `prefect --no-prompt deploy --all`. As in compose, both servers require credentials:
+MLflow runs its basic-auth app (started through the image's entrypoint, infra/docker/mlflow-server.sh, which
+writes the auth settings; users in the `mlflow` database) and Prefect checks PREFECT_SERVER_API_AUTH_STRING;
+workers, the flow runs they start, the CLI and this test's own clients all sign in (MLFLOW_TRACKING_USERNAME/
+PASSWORD, PREFECT_API_AUTH_STRING), and a client without credentials, or with wrong ones, gets 401. Then:
 
 1. `nightly-train` in distributed mode, three variants: each variant is its own `train-variant` flow run,
    spread over both GPU workers; every MLflow run and registry version is in PostgreSQL (read through the
@@ -23,24 +27,31 @@ mlflow_server. Run it alone with `make scale-out-smoke`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
 import postgres_server
 from conftest import REPO_ROOT
+from fault_kit import fault
 from mlflow_server import Server, free_port, start_tracking_server
 from test_prefect_integration import (
     BIN,
@@ -63,6 +74,8 @@ FIRST_RUN_S = 300
 RESILIENCE_RUN_S = 360
 # The zombie window for this test: two missed 30 s heartbeats instead of the default three.
 ZOMBIE_AFTER_S = 60
+# The MLflow image's entrypoint: writes the basic-auth app's settings from the environment, execs `mlflow server`.
+MLFLOW_ENTRYPOINT = REPO_ROOT / "infra" / "docker" / "mlflow-server.sh"
 
 
 def _roles() -> dict[str, str]:
@@ -72,6 +85,20 @@ def _roles() -> dict[str, str]:
         "MLFLOW_DB_PASSWORD": f"mlflow-{secrets.token_hex(12)}",
         "PREFECT_DB_NAME": "prefect", "PREFECT_DB_USER": "prefect",
         "PREFECT_DB_PASSWORD": f"prefect-{secrets.token_hex(12)}",
+    }
+
+
+# What a client (the CLI, a worker and the flow runs it starts, this test) needs in its environment to sign in.
+CLIENT_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+
+
+def _credentials() -> dict[str, str]:
+    """The stack's auth secrets, as in infra/.env (same variable names), fresh for each run."""
+    return {
+        "MLFLOW_TRACKING_USERNAME": "textrnn-admin",
+        "MLFLOW_TRACKING_PASSWORD": f"mlflow-admin-{secrets.token_hex(12)}",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
+        "PREFECT_API_AUTH_STRING": f"textrnn:prefect-{secrets.token_hex(12)}",
     }
 
 
@@ -111,6 +138,8 @@ class ScaleOutStack:
     roles: dict[str, str]
     mlflow: Server
     artifacts: Path
+    credentials: dict[str, str]
+    workdir: Path  # the workers' working directory (TEXTRNN_HOME): every pipeline output lies inside it
 
     def sql(self, service: str, query: str, *args: Any) -> list[tuple]:
         """Rows of `query` on the service's database, connected over TCP as the service's own role."""
@@ -149,8 +178,11 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOutStack]:
     """PostgreSQL + MLflow and Prefect servers on it + pools, limits, deployments, 1 cpu and 2 gpu workers."""
     if not postgres_server.available():
         pytest.skip("PostgreSQL server binaries not installed (Debian: apt-get install postgresql)")
+    if importlib.util.find_spec("flask_wtf") is None:
+        pytest.fail("MLflow's basic-auth app needs Flask-WTF: pip install -e '.[test]' (it lists mlflow[auth])")
     root = tmp_path_factory.mktemp("scale-out")
     roles = _roles()
+    credentials = _credentials()
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     with contextlib.ExitStack() as cleanup:  # every callback runs, last registered first, even if one raises
@@ -162,24 +194,43 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOutStack]:
         cleanup.callback(lambda: _stop_with_descendants(stack.stop, list(stack.processes.values())))
         prefect_db = cluster.url("postgresql+asyncpg", roles["PREFECT_DB_USER"], roles["PREFECT_DB_PASSWORD"],
                                  roles["PREFECT_DB_NAME"])
-        # Prefect migrates its database while MLflow migrates its own.
+        # Prefect migrates its database while MLflow migrates its own. Like compose's servers, neither holds
+        # client credentials: Prefect's own services (automations) pass its auth check with the server setting.
         stack.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                    PREFECT_API_DATABASE_CONNECTION_URL=prefect_db)
+                    PREFECT_API_DATABASE_CONNECTION_URL=prefect_db,
+                    PREFECT_SERVER_API_AUTH_STRING=credentials["PREFECT_API_AUTH_STRING"])
+        mlflow_db = cluster.url("postgresql+psycopg2", roles["MLFLOW_DB_USER"], roles["MLFLOW_DB_PASSWORD"],
+                                roles["MLFLOW_DB_NAME"])
         mlflow = start_tracking_server(
-            root / "mlflow", timeout_s=SERVER_START_S,
-            backend_store_uri=cluster.url("postgresql+psycopg2", roles["MLFLOW_DB_USER"],
-                                          roles["MLFLOW_DB_PASSWORD"], roles["MLFLOW_DB_NAME"]),
+            root / "mlflow", timeout_s=SERVER_START_S, backend_store_uri=mlflow_db,
+            app_name="basic-auth", launcher=["sh", str(MLFLOW_ENTRYPOINT)],
+            # The compose service's environment: the entrypoint puts the users next to the tracking tables.
+            extra_env={
+                "MLFLOW_BACKEND_STORE_URI": mlflow_db,
+                "MLFLOW_AUTH_CONFIG_PATH": str(root / "mlflow" / "basic_auth.ini"),
+                "MLFLOW_AUTH_DEFAULT_PERMISSION": "READ",
+                "MLFLOW_AUTH_CACHE_TTL_SECONDS": "60",
+                "MLFLOW_AUTH_ADMIN_USERNAME": credentials["MLFLOW_TRACKING_USERNAME"],
+                "MLFLOW_AUTH_ADMIN_PASSWORD": credentials["MLFLOW_TRACKING_PASSWORD"],
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+            },
         )
         cleanup.callback(_stop_with_descendants, mlflow.stop, [mlflow.process])
         stack.mlflow_url = mlflow.url
-        stack.env = _client_env(root, api_url, mlflow.url)
+        # Every client from here on (CLI, workers and the flow runs they start) signs in to both servers.
+        stack.env = {**_client_env(root, api_url, mlflow.url), **{key: credentials[key] for key in CLIENT_CREDENTIALS}}
         _wait_for_http(f"{api_url}/health", stack.processes["server"], SERVER_START_S, stack)
 
         for pool in ("cpu", "gpu"):
             stack.prefect("work-pool", "create", pool, "--type", "process")
         for worker in GPU_WORKERS:
             stack.prefect("gcl", "create", f"gpu:{worker}", "--limit", "1")
-        stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(REPO_ROOT))
+        # Flow runs work in a copy of the checkout's flows and params.yaml, as workers do in theirs (the image's
+        # /app): textrnn writes only inside its working directory, and this test's outputs stay out of the repo.
+        workdir = root / "checkout"
+        shutil.copytree(REPO_ROOT / "flows", workdir / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(REPO_ROOT / "params.yaml", workdir / "params.yaml")
+        stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(workdir))
         # The zombie automation (the pipeline creates it when missing), then this test's shorter window.
         _run_python(stack, "-m", "flows.resilience")
         _run_python(stack, "-m", "flows.resilience", "--within", str(ZOMBIE_AFTER_S))
@@ -187,7 +238,7 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOutStack]:
         for worker in GPU_WORKERS:
             stack.start(worker, _worker_args("gpu", worker), CUDA_VISIBLE_DEVICES="")
         yield ScaleOutStack(stack=stack, cluster=cluster, roles=roles, mlflow=mlflow,
-                            artifacts=root / "mlflow" / "artifacts")
+                            artifacts=root / "mlflow" / "artifacts", credentials=credentials, workdir=workdir)
 
 
 def _run_python(stack: Stack, *args: str) -> str:
@@ -210,16 +261,53 @@ class PipelineRun:
     killed: dict[str, Any] | None = None
 
 
-def _prefect_client(team: ScaleOutStack):
+def _prefect_client(team: ScaleOutStack, auth_string: str | None = ""):
+    """A sync Prefect client of the stack's server, signed in with the stack's auth string (`auth_string=""`),
+    with another one, or with none (`None`)."""
     from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    if auth_string == "":
+        auth_string = team.credentials["PREFECT_API_AUTH_STRING"]
 
     @contextlib.contextmanager
     def client() -> Iterator[Any]:
-        with temporary_settings({PREFECT_API_URL: team.stack.api_url}), get_client(sync_client=True) as c:
+        updates = {PREFECT_API_URL: team.stack.api_url}
+        if auth_string is not None:
+            updates[PREFECT_API_AUTH_STRING] = auth_string
+        unset = [] if auth_string is not None else [PREFECT_API_AUTH_STRING]
+        with temporary_settings(updates, restore_defaults=unset), get_client(sync_client=True) as c:
             yield c
 
     return client()
+
+
+@contextlib.contextmanager
+def _mlflow_client(team: ScaleOutStack, signed_in: bool = True) -> Iterator[Any]:
+    """An MlflowClient of the stack's server; MLflow reads the credentials from the environment at each request."""
+    from mlflow.tracking import MlflowClient
+
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    with mock.patch.dict(os.environ):
+        for name in names:
+            os.environ.pop(name, None)
+        if signed_in:
+            os.environ.update({name: team.credentials[name] for name in names[:2]})
+        yield MlflowClient(team.mlflow.url)
+
+
+def _http_status(url: str, auth: str | None = None, body: dict | None = None) -> int:
+    """The HTTP status of GET `url` (POST with a JSON `body`), with basic auth `user:password` or none."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
+                                     headers={"Content-Type": "application/json"})
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
 
 
 def _start_nightly(team: ScaleOutStack, workdir: Path, *extra: str) -> str:
@@ -267,8 +355,8 @@ def _finish(client: Any, team: ScaleOutStack, name: str, timeout_s: float,
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("scale-out-ws")
+def workdir(team: ScaleOutStack) -> Path:
+    return team.workdir
 
 
 @pytest.fixture(scope="module")
@@ -344,6 +432,46 @@ def test_services_keep_their_state_in_postgres(team: ScaleOutStack) -> None:
         automations = client.read_automations()
     assert [automation.name for automation in automations] == ["textrnn: crash zombie flow runs"]
     assert automations[0].trigger.within.total_seconds() == ZOMBIE_AFTER_S  # updated in place, not duplicated
+    # MLflow's users sit next to its tracking tables, under their own migration history; only the admin so far.
+    assert team.sql("mlflow", "SELECT count(*) FROM alembic_version_auth")[0][0] == 1
+    admin = team.credentials["MLFLOW_TRACKING_USERNAME"]
+    assert team.sql("mlflow", "SELECT username, is_admin FROM users") == [(admin, True)]
+
+
+@fault(12, "a client without credentials, or with wrong ones, calls the team stack's MLflow (tracking, registry, "
+           "artifact proxy, UI API) and Prefect APIs",
+       "401 from every one (only the health checks answer); the stack's own clients sign in and the pipeline runs")
+def test_servers_refuse_clients_without_credentials(team: ScaleOutStack) -> None:
+    """Only the health checks are open: every other MLflow or Prefect request needs the stack's credentials."""
+    from mlflow.exceptions import MlflowException
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    creds = team.credentials
+    right = f"{creds['MLFLOW_TRACKING_USERNAME']}:{creds['MLFLOW_TRACKING_PASSWORD']}"
+    wrong = f"{creds['MLFLOW_TRACKING_USERNAME']}:not-the-password"
+    mlflow_apis = [
+        "/api/2.0/mlflow/experiments/search?max_results=1",  # tracking
+        "/api/2.0/mlflow/registered-models/search",  # registry
+        "/api/2.0/mlflow-artifacts/artifacts",  # the artifact proxy: models and data behind it
+        "/ajax-api/2.0/mlflow/experiments/search?max_results=1",  # what the web UI calls
+    ]
+    for path in mlflow_apis:
+        url = team.mlflow.url + path
+        assert (_http_status(url), _http_status(url, wrong), _http_status(url, right)) == (401, 401, 200), path
+    assert _http_status(team.mlflow.url + "/health") == 200  # compose's healthcheck and textrnn's probe
+    with _mlflow_client(team, signed_in=False) as anonymous, pytest.raises(MlflowException, match="401"):
+        anonymous.search_experiments()
+
+    flow_runs = f"{team.stack.api_url}/flow_runs/filter"
+    prefect_auth = creds["PREFECT_API_AUTH_STRING"]
+    statuses = (_http_status(flow_runs, body={}), _http_status(flow_runs, "textrnn:not-the-string", body={}),
+                _http_status(flow_runs, prefect_auth, body={}))
+    assert statuses == (401, 401, 200)
+    assert _http_status(f"{team.stack.api_url}/health") == 200
+    for auth_string in (None, "textrnn:not-the-string"):
+        with _prefect_client(team, auth_string=auth_string) as anonymous, pytest.raises(PrefectHTTPStatusError) as caught:
+            anonymous.read_work_pools()
+        assert caught.value.response.status_code == 401
 
 
 def test_nightly_run_completes_with_variants_on_both_gpu_workers(first_run: PipelineRun, team: ScaleOutStack) -> None:
@@ -360,19 +488,17 @@ def test_nightly_run_completes_with_variants_on_both_gpu_workers(first_run: Pipe
 
 
 def test_runs_and_versions_are_in_the_postgres_backed_mlflow(first_run: PipelineRun, team: ScaleOutStack) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(team.mlflow.url)
     rows = first_run.rows
     assert sorted(rows) == sorted(VARIANTS)
     run_ids = [row["mlflow_run_id"] for row in rows.values()]
-    for variant, row in rows.items():
-        run = client.get_run(row["mlflow_run_id"])
-        assert run.info.status == "FINISHED" and run.data.tags["variant"] == variant
-        # Proxied artifacts: the client only ever sees the server's URI scheme.
-        assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
-        version = client.get_model_version(MODEL_NAME, row["model_version"])
-        assert version.run_id == row["mlflow_run_id"]
+    with _mlflow_client(team) as client:
+        for variant, row in rows.items():
+            run = client.get_run(row["mlflow_run_id"])
+            assert run.info.status == "FINISHED" and run.data.tags["variant"] == variant
+            # Proxied artifacts: the client only ever sees the server's URI scheme.
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), run.info.artifact_uri
+            version = client.get_model_version(MODEL_NAME, row["model_version"])
+            assert version.run_id == row["mlflow_run_id"]
 
     # The same, straight from the `mlflow` database: the backend store is PostgreSQL.
     stored = team.sql("mlflow", "SELECT run_uuid, status FROM runs WHERE run_uuid = ANY(%s)", run_ids)
@@ -384,9 +510,8 @@ def test_runs_and_versions_are_in_the_postgres_backed_mlflow(first_run: Pipeline
 
 
 def test_champion_alias_is_set(first_run: PipelineRun, team: ScaleOutStack) -> None:
-    from mlflow.tracking import MlflowClient
-
-    champion = MlflowClient(team.mlflow.url).get_model_version_by_alias(MODEL_NAME, "champion")
+    with _mlflow_client(team) as client:
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     assert champion.version in {row["model_version"] for row in first_run.rows.values()}
     aliases = team.sql("mlflow", "SELECT alias, version::text FROM registered_model_aliases WHERE name = %s",
                        MODEL_NAME)
@@ -438,21 +563,21 @@ def test_flow_runs_beat_every_30_seconds(resilience_run: PipelineRun, team: Scal
 
 def test_killed_run_is_retrained_into_mlflow_and_registered(resilience_run: PipelineRun, first_run: PipelineRun,
                                                             team: ScaleOutStack) -> None:
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(team.mlflow.url)
     rows = resilience_run.rows
     old_runs = {row["mlflow_run_id"] for row in first_run.rows.values()}
     assert all(row["mlflow_run_id"] not in old_runs for row in rows.values()), "training was cached"
-    for row in rows.values():
-        assert client.get_run(row["mlflow_run_id"]).data.params["train.learning_rate"] == "0.002"
+    with _mlflow_client(team) as client:
+        for row in rows.values():
+            assert client.get_run(row["mlflow_run_id"]).data.params["train.learning_rate"] == "0.002"
+        champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     run_ids = [row["mlflow_run_id"] for row in rows.values()]
     stored = team.sql("mlflow", "SELECT run_uuid FROM runs WHERE run_uuid = ANY(%s) AND status = 'FINISHED'",
                       run_ids)
     assert len(stored) == len(VARIANTS)
+    # The killed attempt's MLflow run did not stay RUNNING: the pipeline marked it KILLED before resubmitting.
+    assert team.sql("mlflow", "SELECT run_uuid, name FROM runs WHERE status = 'RUNNING'") == []
     versions = team.sql("mlflow", "SELECT count(*) FROM model_versions WHERE name = %s", MODEL_NAME)
     assert versions[0][0] == 2 * len(VARIANTS)
-    champion = client.get_model_version_by_alias(MODEL_NAME, "champion")
     every_version = {row["model_version"] for row in [*first_run.rows.values(), *rows.values()]}
     assert champion.version in every_version
 
