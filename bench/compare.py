@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from common import (PARAMS, QUIET_ENV, REPO, RESULTS, b1_latency_ms, batch_throughput, data_overrides, inference_inputs,
+from common import (PARAMS, QUIET_ENV, RESULTS, b1_latency_ms, batch_throughput, data_overrides, inference_inputs,
                     load_average, machine, peak_rss_mb, run_overrides, short_name)
 from peer_keras import LESSON_MODELS
 from textrnn.tokens import EncodedSplit, split_path
@@ -89,7 +89,8 @@ def run_child(command: list[str], out: Path, log: Path) -> dict[str, Any]:
     env = {**os.environ, **QUIET_ENV}
     load_before, started = load_average(), time.perf_counter()
     with open(log, "a", encoding="utf-8") as handle:
-        finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        # In the run's working directory: textrnn writes only inside the directory it runs in.
+        finished = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
     if finished.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])}... failed (exit {finished.returncode}); see {log}")
     report = json.loads(out.read_text(encoding="utf-8"))
@@ -573,6 +574,7 @@ def compare(args: argparse.Namespace) -> str:
     data_name, data_sets = data_overrides(args.data, args.sample_rows)
     workdir = Path(tempfile.mkdtemp(prefix="textrnn-compare-"))
     log = workdir / "children.log"
+    os.chdir(workdir)  # textrnn writes only inside its working directory
     try:
         overrides = run_overrides(workdir, data_sets, args.epochs, args.threads)
         check_same_architecture(overrides, variants)

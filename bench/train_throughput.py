@@ -14,6 +14,7 @@ and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
@@ -71,7 +72,8 @@ def main() -> None:
     data_name, data_sets = data_overrides()
     load_start = load_average()
     # The directory holds prepared AG News text: it never outlives the run.
-    with tempfile.TemporaryDirectory(prefix="textrnn-bench-") as workdir:
+    with tempfile.TemporaryDirectory(prefix="textrnn-bench-") as workdir, contextlib.chdir(workdir):
+        # Inside the run's directory: textrnn writes only inside its working directory.
         base = run_overrides(Path(workdir), data_sets, args.epochs, args.threads)
         cfg = config.load(PARAMS, base)
         rows_by_split = prepare(cfg)["rows"]

@@ -8,6 +8,7 @@ with the step's own error) and the fixed CSV (everything resumes from the cache)
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from collections.abc import Iterator
@@ -223,8 +224,9 @@ class Scenario:
     runs: dict[str, Run]
 
     def run(self, *extra: str) -> Run:
-        state = training_pipeline(params=str(PARAMS), variants=VARIANTS, overrides=[*self.overrides, *extra],
-                                  return_state=True)
+        with contextlib.chdir(self.workdir):  # a pipeline writes only inside its working directory
+            state = training_pipeline(params=str(PARAMS), variants=VARIANTS, overrides=[*self.overrides, *extra],
+                                      return_state=True)
         return Run(result=state.result(), states=task_states(state.state_details.flow_run_id))
 
 
@@ -285,7 +287,8 @@ def test_a_corrupt_input_fails_the_flow_and_the_fixed_input_resumes_from_the_cac
     corrupt = [line if i == 0 or i % 10 else line.rsplit(",", 1)[0] + ',"Weather"' for i, line in enumerate(lines)]
     scenario.train_csv.write_text("\n".join(corrupt) + "\n")
     try:
-        with pytest.raises(DataError, match=r"train\.csv: \d+ of \d+ rows are bad .*label not in data\.classes"):
+        with (pytest.raises(DataError, match=r"train\.csv: \d+ of \d+ rows are bad .*label not in data\.classes"),
+              contextlib.chdir(scenario.workdir)):
             training_pipeline(params=str(PARAMS), variants=VARIANTS,
                               overrides=[*scenario.overrides, "variants.gru.hidden=24"])
     finally:
@@ -309,8 +312,9 @@ def test_batch_predict_scores_a_file_with_a_trained_model(scenario: Scenario, tm
     texts = tmp_path / "texts.csv"
     texts.write_text('text\n"the home side beat the champions"\n"stocks fell as rates rose"\n')
     output = tmp_path / "predictions.jsonl"
-    result = batch_predict(input=str(texts), output=str(output), model=str(scenario.workdir / "models" / "bag"),
-                           params=str(PARAMS), overrides=scenario.overrides)
+    with contextlib.chdir(scenario.workdir):  # the scenario's config names outputs inside its workdir
+        result = batch_predict(input=str(texts), output=str(output), model=str(scenario.workdir / "models" / "bag"),
+                               params=str(PARAMS), overrides=scenario.overrides)
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert result["texts"] == len(records) == 2
     assert all(record["label"] in record["probabilities"] for record in records)
@@ -320,7 +324,8 @@ def test_pipeline_command_prints_the_comparison(scenario: Scenario) -> None:
     from textrnn.cli import app
 
     sets = [arg for override in scenario.overrides for arg in ("--set", override)]
-    answer = CliRunner().invoke(app, ["pipeline", "--variants", "bag", "--params", str(PARAMS), *sets])
+    with contextlib.chdir(scenario.workdir):
+        answer = CliRunner().invoke(app, ["pipeline", "--variants", "bag", "--params", str(PARAMS), *sets])
     assert answer.exit_code == 0, answer.output
     assert "bag" in answer.output and "cached" in answer.output
     assert "not promoted: tracking.enabled is false" in answer.output
@@ -352,12 +357,13 @@ def test_pipeline_command_fails_in_one_line_when_the_prefect_api_is_down(tmp_pat
     assert "is unreachable" in answer.output and "unset PREFECT_API_URL" in answer.output
 
 
-def test_parent_run_name_carries_the_date_and_the_commit() -> None:
+def test_parent_run_name_carries_the_date_and_the_commit(monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import time
 
     from flows.training import parent_run_name
 
+    monkeypatch.chdir(REPO_ROOT)  # the commit is read from the checkout the pipeline runs in
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
     name = parent_run_name()
     assert name.startswith(f"pipeline {time.strftime('%Y-%m-%d', time.gmtime())}") and name.endswith(commit[:8])

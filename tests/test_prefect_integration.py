@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,7 +139,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stack.prefect("work-pool", "create", pool, "--type", "process")
         for worker in GPU_WORKERS:
             stack.prefect("gcl", "create", f"gpu:{worker}", "--limit", "1")
-        stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(REPO_ROOT))
+        # Flow runs work in a copy of the checkout's flows and params.yaml, as a worker does in its own checkout:
+        # textrnn writes only inside its working directory, and this test's outputs stay out of the repo.
+        checkout = _checkout(root)
+        shutil.copytree(REPO_ROOT / "flows", checkout / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(REPO_ROOT / "params.yaml", checkout / "params.yaml")
+        stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(checkout))
         stack.start("cpu-worker", _worker_args("cpu", "cpu-worker"), CUDA_VISIBLE_DEVICES="")
         # Each GPU worker has its own environment, as on its own machine (no GPU here: none visible).
         for worker in GPU_WORKERS:
@@ -147,6 +153,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         stack.stop()
         mlflow.stop()
+
+
+def _checkout(root: Path) -> Path:
+    """The workers' working directory (TEXTRNN_HOME) under the stack's root."""
+    return root / "checkout"
 
 
 def _worker_args(pool: str, name: str) -> list[str]:
@@ -190,7 +201,7 @@ def nightly(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> NightlyRu
     )
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    workdir = tmp_path_factory.mktemp("nightly-ws")
+    workdir = _checkout(stack.root)  # every output lies inside the workers' working directory
     name = f"it-nightly-{uuid.uuid4().hex[:8]}"
     parameters = {"params": "params.yaml", "variants": VARIANTS, "overrides": _pipeline_overrides(workdir)}
     stack.prefect("deployment", "run", "training-pipeline/nightly-train", "--params", json.dumps(parameters),
@@ -271,4 +282,4 @@ def test_nightly_deployment_has_its_cron_schedule(stack: Stack) -> None:
     assert [(s.cron, s.timezone) for s in schedules] == [("0 3 * * *", "UTC")]
     assert nightly.work_pool_name == "cpu" and variant.work_pool_name == "gpu"
     assert nightly.parameters["overrides"] == {"orchestration.mode": "distributed"}
-    assert nightly.job_variables["working_dir"] == str(REPO_ROOT)
+    assert nightly.job_variables["working_dir"] == str(_checkout(stack.root))
