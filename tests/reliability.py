@@ -63,9 +63,14 @@ def render(rows: list[dict[str, object]]) -> str:
         "| # | what the test does | what the user gets | kept |",
         "|---:|---|---|---|",
     ]
+    # Parametrised cases share their mark: one table row each, with how many cases it stands for.
+    counted: dict[tuple[object, ...], int] = {}
+    for row in rows:
+        key = (row["item"], row["case"], row["outcome"], row.get("kept") or "-")
+        counted[key] = counted.get(key, 0) + 1
     lines += [
-        f"| {row['item'] or '+'} | {_cell(row['case'])} | {_cell(row['outcome'])} | {_cell(row.get('kept') or '-')} |"
-        for row in rows
+        f"| {item or '+'} | {_cell(case)}{f' ({count} cases)' if count > 1 else ''} | {_cell(outcome)} | {_cell(kept)} |"
+        for (item, case, outcome, kept), count in counted.items()
     ]
     return "\n".join(lines)
 

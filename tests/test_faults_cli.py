@@ -3,7 +3,6 @@ output directory. Each case runs the real `textrnn` process (tests/fault_kit.py)
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
