@@ -71,17 +71,7 @@ def verify_inputs(lineage: Mapping[str, Any] | None, recorded_in: Path | str, on
     recorded: Mapping[str, str] = lineage["inputs"]
     wanted = recorded.keys() if only is None else [_key(path) for path in only]
     for key in wanted:
-        if key not in recorded:
-            raise LineageError(f"{recorded_in}: records no hash for {key}; re-run the step that writes it")
-        path = Path(key)
-        if not path.is_file():
-            raise LineageError(f"{key}: missing, but {recorded_in} was made from it")
-        actual = sha256_file(path)
-        if actual != recorded[key]:
-            raise LineageError(
-                f"{key} does not match {recorded_in} (sha256 {actual[:12]}, recorded {recorded[key][:12]}): "
-                "it changed after that output was made; re-run the steps from there"
-            )
+        verify_digest(Path(key), recorded.get(key), recorded_in)
 
 
 def verify_config(lineage: Mapping[str, Any] | None, recorded_in: Path | str, current: Mapping[str, Any]) -> None:
@@ -118,17 +108,7 @@ def verify_outputs(directory: Path | str, recorded: Mapping[str, str] | None, re
     if not recorded:
         raise LineageError(f"{recorded_in}: records no output hashes (made by an older textrnn?); re-run the step that writes it")
     for name in recorded if only is None else only:
-        path = Path(directory) / name
-        if name not in recorded:
-            raise LineageError(f"{recorded_in}: records no hash for {_key(path)}; re-run the step that writes it")
-        if not path.is_file():
-            raise LineageError(f"{_key(path)}: missing, but {recorded_in} records it")
-        actual = sha256_file(path)
-        if actual != recorded[name]:
-            raise LineageError(
-                f"{_key(path)} does not match {recorded_in} (sha256 {actual[:12]}, recorded {recorded[name][:12]}): "
-                "it changed after that step wrote it; re-run the steps from there"
-            )
+        verify_digest(Path(directory) / name, recorded.get(name), recorded_in)
 
 
 def verify_digest(path: Path | str, recorded: str | None, recorded_in: Path | str) -> None:
