@@ -116,3 +116,23 @@ def read_only(directory: Path | str) -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+@contextlib.contextmanager
+def full_disk_at(target: Path, size: str):
+    """A real tmpfs of `size` mounted at `target` (inside the workspace: outputs must resolve there),
+    holding a copy of what `target` held; `target` is restored afterwards."""
+    saved = target.with_name(target.name + ".saved")
+    if target.exists():
+        shutil.copytree(target, saved)
+    target.mkdir(parents=True, exist_ok=True)
+    with small_tmpfs(size) as disk:
+        if not _mount("--bind", str(disk), str(target)):
+            pytest.skip("cannot bind-mount here (needs root): the full-disk case is not tried")
+        try:
+            if saved.exists():
+                for path in saved.iterdir():
+                    (shutil.copytree if path.is_dir() else shutil.copy2)(path, target / path.name)
+            yield target
+        finally:
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)

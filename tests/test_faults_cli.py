@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fault_kit import PARAMS, assert_one_line_error, assert_unchanged, cli, fault, read_only, snapshot, spawn_cli
+from fault_kit import (PARAMS, assert_one_line_error, assert_unchanged, cli, fault, full_disk_at, read_only, snapshot,
+                       spawn_cli)
 
 TINY = ("--set", "data.source=sample", "--set", "data.sample.train_rows=400", "--set", "data.sample.test_rows=80",
         "--set", "tracking.enabled=false", "--set", "train.threads=1")
@@ -92,3 +93,19 @@ def test_predict_output_on_a_read_only_directory(encoded_workdir: Path) -> None:
     assert_one_line_error(result, "out", "Read-only file system")
     assert_unchanged(before, out_dir)
     assert not (out_dir / "predictions.jsonl").exists()
+
+
+@pytest.mark.parametrize("step", ["prepare", "encode"])
+@fault(10, "`textrnn prepare` / `encode` on a full disk (a real tmpfs under data/ with room for one copy only)",
+       "error: data/...: No space left on device, exit 2; the previous prepared and encoded data unchanged",
+       kept="data/")
+def test_data_steps_on_a_full_disk_keep_the_previous_data(encoded_workdir: Path, step: str) -> None:
+    data = encoded_workdir / "data"
+    used = sum(path.stat().st_size // 4096 + 1 for path in data.rglob("*") if path.is_file())
+    # Room for what is there plus a few pages: not for the second copy a step stages beside its output.
+    with full_disk_at(data, f"{(used + 8) * 4096}") as disk:
+        before = snapshot(disk)
+        result = cli(encoded_workdir, step, "--params", str(PARAMS), *TINY)
+        assert_one_line_error(result, "No space left on device")
+        assert_unchanged(before, disk)
+        assert not [path for path in disk.rglob("*") if path.name.endswith(".tmp")]

@@ -7,7 +7,6 @@ about MLflow, which then logs to a sqlite store inside the workspace (or to a re
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -19,10 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fault_kit import (PARAMS, assert_one_line_error, assert_unchanged, cli, fault, read_only, small_tmpfs, snapshot,
+from fault_kit import (PARAMS, assert_one_line_error, assert_unchanged, cli, fault, full_disk_at, read_only, snapshot,
                        spawn_cli)
-
-import fault_kit
 
 TINY = ["data.source=sample", "data.sample.train_rows=400", "data.sample.test_rows=80", "tracking.enabled=false",
         "train.epochs=1", "train.threads=1"]
@@ -118,26 +115,6 @@ def exported(exported_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     shutil.copytree(exported_tiny, target)
     monkeypatch.chdir(target)
     return target
-
-
-@contextlib.contextmanager
-def full_disk_at(target: Path, size: str):
-    """A real tmpfs of `size` mounted at `target` (inside the workspace: outputs must resolve there),
-    holding a copy of what `target` held; `target` is restored afterwards."""
-    saved = target.with_name(target.name + ".saved")
-    if target.exists():
-        shutil.copytree(target, saved)
-    target.mkdir(parents=True, exist_ok=True)
-    with small_tmpfs(size) as disk:
-        if not fault_kit._mount("--bind", str(disk), str(target)):
-            pytest.skip("cannot bind-mount here (needs root): the full-disk case is not tried")
-        try:
-            if saved.exists():
-                for path in saved.iterdir():
-                    shutil.copy2(path, target / path.name)
-            yield target
-        finally:
-            subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
 def evil_pickle(marker: Path) -> bytes:
