@@ -99,7 +99,7 @@ def _sources(*modules: str) -> tuple[Path, ...]:
 
 def _run_record(cfg: Config, variant: str) -> tuple[Path, ...]:
     """`models/<V>/mlflow_run.json` when tracked: export and evaluate log into the run it names."""
-    return (cfg.paths.model_dir(variant) / "mlflow_run.json",) if cfg.tracking.enabled else ()
+    return (cfg.paths.run_record(variant),) if cfg.tracking.enabled else ()
 
 
 def _prepared(cfg: Config, splits: Iterable[str] = SPLITS) -> tuple[Path, ...]:

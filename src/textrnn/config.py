@@ -94,6 +94,10 @@ class PathsConfig(_Frozen):
     def model_dir(self, variant: str) -> Path:
         return self.models / variant
 
+    def run_record(self, variant: str) -> Path:
+        """`models/<V>/mlflow_run.json`: the variant's MLflow run id (null when untracked), written by `train`."""
+        return self.model_dir(variant) / "mlflow_run.json"
+
     def metrics_dir(self, variant: str) -> Path:
         return self.metrics / variant
 

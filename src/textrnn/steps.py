@@ -82,7 +82,7 @@ def train_step(
             tracking.close_stale_run(cfg, variant)
         train.clear_outputs(cfg, variant, resume=resume, run_record=not resume)
         if tracking is None:
-            run_file = cfg.paths.model_dir(variant) / train.RUN_RECORD
+            run_file = cfg.paths.run_record(variant)
             with train.writing(run_file):
                 write_json(run_file, {"run_id": None, "tracking_uri": None})
             return train.train_variant(cfg, variant, resume=resume, show_progress=show_progress)

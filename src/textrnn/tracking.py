@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("textrnn")
 
 PARENT_RUN_ENV = "TEXTRNN_MLFLOW_PARENT_RUN_ID"
-RUN_FILE = "mlflow_run.json"
 MODEL_NAME = "model"  # the pyfunc's name inside its run
 # The registry's dataset digest column holds 36 characters; the full sha256 goes in the input's tags.
 DIGEST_CHARS = 32
@@ -76,7 +75,7 @@ DIGEST_CHARS = 32
 
 def run_file(cfg: Config, variant: str) -> Path:
     """`models/<V>/mlflow_run.json`: the variant's run id, written by `train`, read by later stages."""
-    return cfg.paths.model_dir(variant) / RUN_FILE
+    return cfg.paths.run_record(variant)
 
 
 def recorded_run(cfg: Config, variant: str) -> dict[str, str] | None:

@@ -56,7 +56,6 @@ EpochCallback = Callable[[str, dict[str, float]], None]
 """Called after every epoch with (variant name, that epoch's metrics)."""
 
 MODEL_FILE, CHECKPOINT_FILE, TRAIN_REPORT = "model.pt", "checkpoint.pt", "train.json"
-RUN_RECORD = "mlflow_run.json"  # written by textrnn.tracking (steps.py for untracked runs)
 # What later steps write for a variant (export.py, evaluate.py): a new training run clears them all.
 EXPORT_FILES = ("model.onnx", "export.json", "tokenizer.json", "export.failed.json")
 EVAL_FILES = ("eval.json",)
@@ -233,7 +232,7 @@ def variant_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run
     if not resume:
         paths.append(model_dir / CHECKPOINT_FILE)
     if run_record:
-        paths.append(model_dir / RUN_RECORD)
+        paths.append(cfg.paths.run_record(variant_name))
     return paths
 
 
