@@ -77,10 +77,16 @@ def encoded_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return workdir
 
 
+def private_copy(workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of a shared (session- or module-scoped) workspace as `tmp_path/ws`, which becomes the test's
+    working directory: the test may write into it freely."""
+    target = tmp_path / "ws"
+    shutil.copytree(workdir, target)
+    monkeypatch.chdir(target)
+    return target
+
+
 @pytest.fixture
 def workspace(encoded_sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the encoded sample workspace, free to train into; the test runs inside it."""
-    target = tmp_path / "ws"
-    shutil.copytree(encoded_sample, target)
-    monkeypatch.chdir(target)
-    return target
+    return private_copy(encoded_sample, tmp_path, monkeypatch)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import SMALL_SAMPLE, make_config, path_overrides
+from conftest import SMALL_SAMPLE, make_config, path_overrides, private_copy
 from fault_kit import PARAMS, assert_one_line_error, assert_unchanged, cli, fault, snapshot
 
 from textrnn.config import Config
@@ -53,10 +53,7 @@ def trained(encoded_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture
 def ws(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private copy of the trained workspace; the test runs inside it."""
-    target = tmp_path / "ws"
-    shutil.copytree(trained, target)
-    monkeypatch.chdir(target)
-    return target
+    return private_copy(trained, tmp_path, monkeypatch)
 
 
 def config_of(workdir: Path) -> Config:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import private_copy
 from fault_kit import (PARAMS, assert_one_line_error, assert_unchanged, cli, fault, full_disk_at, read_only, snapshot,
                        spawn_cli)
 
@@ -103,18 +104,12 @@ def exported_tiny(encoded_tiny: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture
 def encoded(encoded_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    target = tmp_path / "ws"
-    shutil.copytree(encoded_tiny, target)
-    monkeypatch.chdir(target)
-    return target
+    return private_copy(encoded_tiny, tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def exported(exported_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    target = tmp_path / "ws"
-    shutil.copytree(exported_tiny, target)
-    monkeypatch.chdir(target)
-    return target
+    return private_copy(exported_tiny, tmp_path, monkeypatch)
 
 
 def evil_pickle(marker: Path) -> bytes:
