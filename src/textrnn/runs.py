@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +33,19 @@ log = logging.getLogger("textrnn")
 
 PID_TAG, HOST_TAG = "textrnn.pid", "textrnn.host"
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT for the block (a store write): a stop signal that arrives meanwhile is delivered
+    when it ends, so it never cuts a sqlite transaction in half (the lock it left would make ending the run
+    KILLED fail with "database is locked")."""
+    held = {signal.SIGTERM, signal.SIGINT}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def attempt_tags() -> dict[str, str]:

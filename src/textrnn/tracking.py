@@ -294,7 +294,8 @@ def log_epoch(variant: str, metrics: dict[str, float]) -> None:
     """`train_variant`'s on_epoch callback: the epoch's metrics at step = epoch on the active run."""
     named = {"epoch_seconds" if key == "seconds" else key: float(value) for key, value in metrics.items()}
     epoch = int(named.pop("epoch"))
-    mlflow.log_metrics(named, step=epoch)
+    with runs.signals_held():
+        mlflow.log_metrics(named, step=epoch)
 
 
 def log_training_summary(cfg: Config, variant: str, summary: dict[str, Any]) -> None:
