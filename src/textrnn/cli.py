@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from textrnn import config as config_module
+from textrnn import stopping
 from textrnn.config import Config
 from textrnn.errors import Terminated, TextrnnError
 
@@ -66,12 +67,8 @@ def main(
     root.setLevel(level)
     _check_argv_utf8(sys.argv[1:])
     # SIGTERM (a scheduler, `kill`, a Prefect cancellation) unwinds like Ctrl-C: open MLflow runs end KILLED
-    # and temporary files are removed by the blocks that made them.
-    signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated(signum)
+    # and temporary files are removed by the blocks that made them; a store write in progress finishes first.
+    stopping.install()
 
 
 def _check_argv_utf8(argv: list[str]) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 from collections.abc import Iterator
 from typing import Any
@@ -27,25 +26,13 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from textrnn import stopping
 from textrnn.errors import Terminated
 
 log = logging.getLogger("textrnn")
 
 PID_TAG, HOST_TAG = "textrnn.pid", "textrnn.host"
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold SIGTERM and SIGINT for the block (a store write): a stop signal that arrives meanwhile is delivered
-    when it ends, so it never cuts a sqlite transaction in half (the lock it left would make ending the run
-    KILLED fail with "database is locked")."""
-    held = {signal.SIGTERM, signal.SIGINT}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def attempt_tags() -> dict[str, str]:
@@ -87,6 +74,7 @@ def is_stale(run: Any) -> bool:
     return int(pid) == os.getpid() or not _alive(int(pid))
 
 
+@stopping.deferred()
 def close_if_stale(client: MlflowClient, run_id: str) -> bool:
     """Mark run `run_id` KILLED when `is_stale`; returns whether it did."""
     run = client.get_run(run_id)
@@ -98,6 +86,7 @@ def close_if_stale(client: MlflowClient, run_id: str) -> bool:
     return True
 
 
+@stopping.deferred()
 def _end_active(status: str) -> None:
     """End the active run with `status`; a failure to reach the server is logged, not raised (the next
     attempt's `close_if_stale` closes the run)."""
@@ -116,4 +105,5 @@ def ending() -> Iterator[None]:
     except BaseException as error:
         _end_active(status_for(error))
         raise
-    mlflow.end_run(FINISHED)
+    with stopping.deferred():
+        mlflow.end_run(FINISHED)

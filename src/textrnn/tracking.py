@@ -48,7 +48,7 @@ import mlflow.pyfunc  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from textrnn import runs  # noqa: E402
+from textrnn import runs, stopping  # noqa: E402
 from textrnn.mlflow_connection import (  # noqa: E402, F401 (tracking_uri: public here)
     TrackingError, _one_line_errors, check_reachable, connect, tracking_uri,
 )
@@ -99,6 +99,7 @@ def close_stale_run(cfg: Config, variant: str) -> bool:
         return runs.close_if_stale(MlflowClient(), record["run_id"])
 
 
+@stopping.deferred()
 def kill_orphaned_runs(parent_run_id: str, variant: str) -> list[str]:
     """Mark KILLED every RUNNING run of `variant` under pipeline run `parent_run_id`; returns their ids.
 
@@ -120,6 +121,7 @@ def kill_orphaned_runs(parent_run_id: str, variant: str) -> list[str]:
     return [run.info.run_id for run in orphans]
 
 
+@stopping.deferred()
 def start_pipeline_run(cfg: Config, name: str | None = None) -> str:
     """Create the parent run of one pipeline invocation and return its id (finish it with `end_pipeline_run`)."""
     experiment_id = connect(cfg)
@@ -134,6 +136,7 @@ def start_pipeline_run(cfg: Config, name: str | None = None) -> str:
     return run.info.run_id
 
 
+@stopping.deferred()
 def end_pipeline_run(run_id: str, succeeded: bool | str = True) -> None:
     """Mark the parent run FINISHED (or FAILED); a status string (`runs.KILLED`, ...) is used as given."""
     status = succeeded if isinstance(succeeded, str) else (runs.FINISHED if succeeded else runs.FAILED)
@@ -172,6 +175,7 @@ def resolve_parent(cfg: Config, experiment_id: str, parent_run_id: str | None) -
     return None
 
 
+@stopping.deferred()
 def _create_variant_run(cfg: Config, variant: str, experiment_id: str, parent_run_id: str | None) -> str:
     """A new run for `variant` with its params and tags, recorded in `models/<V>/mlflow_run.json`."""
     client = MlflowClient()
@@ -190,6 +194,7 @@ def _create_variant_run(cfg: Config, variant: str, experiment_id: str, parent_ru
     return run.info.run_id
 
 
+@stopping.deferred()
 def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
     """Log params not yet on the run; a changed value (e.g. more epochs on --resume) is kept as it was
     and logged as a warning, since MLflow params are immutable."""
@@ -217,15 +222,16 @@ def variant_run(
     """
     cfg.variant(variant)
     experiment_id = connect(cfg)
-    with _one_line_errors(f"{variant}: MLflow ({stage})"):
-        record = None if new else recorded_run(cfg, variant)
-        if record:
-            runs.close_if_stale(MlflowClient(), record["run_id"])
-        run_id = record["run_id"] if record else _create_variant_run(cfg, variant, experiment_id, parent_run_id)
-        mlflow.start_run(run_id=run_id)
-        with runs.ending():
+    with _one_line_errors(f"{variant}: MLflow ({stage})"), runs.ending():
+        # A stop signal during these writes waits for their end, inside `ending`, which ends the run KILLED.
+        with stopping.deferred():
+            record = None if new else recorded_run(cfg, variant)
+            if record:
+                runs.close_if_stale(MlflowClient(), record["run_id"])
+            run_id = record["run_id"] if record else _create_variant_run(cfg, variant, experiment_id, parent_run_id)
+            mlflow.start_run(run_id=run_id)
             mlflow.set_tags({f"stage_{stage}": time.strftime("%Y-%m-%dT%H:%M:%S"), **runs.attempt_tags()})
-            yield run_id
+        yield run_id
 
 
 # ---------------------------------------------------------------------------------- stage logging
@@ -257,6 +263,7 @@ def _dataset_input(cfg: Config, split: str, digest: str) -> None:
 _DUPLICATE_ROW = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry", "IntegrityError")
 
 
+@stopping.deferred()
 def _log_input_once_more_on_race(dataset: Any, context: str, tags: dict[str, str]) -> None:
     """`mlflow.log_input`, retried once when another run inserted the same dataset concurrently.
 
@@ -290,14 +297,15 @@ def log_training_inputs(cfg: Config, variant: str) -> None:
     _log_artifact_if_exists(cfg.paths.encoded / "buckets.json", "data")
 
 
+@stopping.deferred()
 def log_epoch(variant: str, metrics: dict[str, float]) -> None:
     """`train_variant`'s on_epoch callback: the epoch's metrics at step = epoch on the active run."""
     named = {"epoch_seconds" if key == "seconds" else key: float(value) for key, value in metrics.items()}
     epoch = int(named.pop("epoch"))
-    with runs.signals_held():
-        mlflow.log_metrics(named, step=epoch)
+    mlflow.log_metrics(named, step=epoch)
 
 
+@stopping.deferred()
 def log_training_summary(cfg: Config, variant: str, summary: dict[str, Any]) -> None:
     """After training: best-epoch metrics, the device tag and train.json."""
     mlflow.log_metrics(
@@ -313,6 +321,7 @@ def log_training_summary(cfg: Config, variant: str, summary: dict[str, Any]) -> 
     _log_artifact_if_exists(cfg.paths.metrics_dir(variant) / "train.json", "metrics")
 
 
+@stopping.deferred()
 def log_export(report: dict[str, Any], report_file: Path) -> None:
     """The parity check's outcome: metric `onnx_parity_max_abs_diff`, tag `onnx_parity_passed`, export.json."""
     if "max_abs_diff" in report:
@@ -321,6 +330,7 @@ def log_export(report: dict[str, Any], report_file: Path) -> None:
     _log_artifact_if_exists(report_file, "onnx")
 
 
+@stopping.deferred()
 def log_evaluation(cfg: Config, variant: str, report: dict[str, Any]) -> None:
     """Test metrics, the inference provider, the test dataset, eval.json and the plots."""
     metrics = {key: float(report[key]) for key in ("test_accuracy", "test_macro_f1", "inference_latency_ms_b1")
@@ -334,6 +344,7 @@ def log_evaluation(cfg: Config, variant: str, report: dict[str, Any]) -> None:
         _log_artifact_if_exists(cfg.paths.plots_dir(variant) / plot, "plots")
 
 
+@stopping.deferred()
 def _log_artifact_if_exists(path: Path, artifact_dir: str) -> None:
     if Path(path).is_file():
         mlflow.log_artifact(str(path), artifact_dir)
@@ -360,6 +371,7 @@ def _example_texts(cfg: Config) -> list[str]:
         return ["Stocks rally as the central bank holds rates", "Home side beat the champions 2-1"]
 
 
+@stopping.deferred()
 def log_model(cfg: Config, variant: str) -> str:
     """Log the exported variant as the pyfunc `model` of the active run; returns its MLflow model id.
 
