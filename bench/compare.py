@@ -43,6 +43,7 @@ import yaml
 from common import (PARAMS, QUIET_ENV, RESULTS, b1_latency_ms, batch_throughput, data_overrides, inference_inputs,
                     load_average, machine, peak_rss_mb, run_overrides, short_name)
 from peer_keras import LESSON_MODELS
+from textrnn.pipeline import DATA_STEPS, VARIANT_STEPS
 from textrnn.tokens import EncodedSplit, split_path
 
 PEER_SCRIPT = Path(__file__).resolve().parent / "peer_keras.py"
@@ -165,13 +166,13 @@ def ours_inference(cfg, args: argparse.Namespace) -> dict[str, Any]:
     """Export the trained model (parity-checked) and time the raw onnxruntime session on the shared ids."""
     import onnxruntime as ort
 
-    from textrnn.export import export_variant, onnx_path
+    from textrnn.export import export_variant
     from textrnn.inference import CPU_PROVIDER, session_options
 
     export = export_variant(cfg, args.child_ours)
     options = session_options(args.threads)
     options.inter_op_num_threads = 1  # sequential execution: the inter-op pool is unused anyway
-    session = ort.InferenceSession(str(onnx_path(cfg.paths.model_dir(args.child_ours))), sess_options=options,
+    session = ort.InferenceSession(str(cfg.paths.onnx_file(args.child_ours)), sess_options=options,
                                    providers=[CPU_PROVIDER])
 
     def run(token_ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -273,18 +274,12 @@ def timed_commands(commands: list[list[str]], workdir: Path, log: Path) -> float
     return time.perf_counter() - started
 
 
-# The same stages as the CLI's, in one interpreter with tracking off: what remains of the pipeline's time
-# once neither Prefect, MLflow nor a process start per stage is paid.
-IN_PROCESS_STAGES = """
-from textrnn import config, steps
-cfg = config.load("params.yaml", ["tracking.enabled=false"])
-steps.prepare_step(cfg)
-steps.encode_step(cfg)
-for variant in cfg.variants:
-    steps.train_step(cfg, variant)
-    steps.export_step(cfg, variant)
-    steps.evaluate_step(cfg, variant)
-"""
+# The pipeline of textrnn.pipeline in one interpreter with tracking off (no Prefect, no MLflow, no process
+# start per stage): what remains of the pipeline's time once no orchestration is paid.
+IN_PROCESS_PIPELINE = ("from textrnn import config, pipeline; "
+                       "pipeline.run_in_process(config.load('params.yaml', ['tracking.enabled=false']))")
+# Registering needs MLflow, so the bare CLI stages stop at evaluate.
+UNTRACKED_VARIANT_STEPS = [step for step in VARIANT_STEPS if step != "register"]
 
 
 def orchestration_overhead(variants: list[str], args: argparse.Namespace, log: Path) -> dict[str, Any]:
@@ -296,10 +291,10 @@ def orchestration_overhead(variants: list[str], args: argparse.Namespace, log: P
         return {"measured": False, "reason": gap}
     textrnn = str(Path(sys.executable).parent / "textrnn")
     off = ["--set", "tracking.enabled=false"]
-    stages = [[textrnn, "prepare", *off], [textrnn, "encode", *off]]
+    stages = [[textrnn, step, *off] for step in DATA_STEPS]
     for variant in variants:
-        stages += [[textrnn, stage, "--variant", variant, *off] for stage in ("train", "export", "evaluate")]
-    runs = {"bare_cli": stages, "in_process": [[sys.executable, "-c", IN_PROCESS_STAGES]],
+        stages += [[textrnn, step, "--variant", variant, *off] for step in UNTRACKED_VARIANT_STEPS]
+    runs = {"bare_cli": stages, "in_process": [[sys.executable, "-c", IN_PROCESS_PIPELINE]],
             "pipeline": [[textrnn, "pipeline"]]}
     seconds = {}
     for name, commands in runs.items():
@@ -313,7 +308,7 @@ def orchestration_overhead(variants: list[str], args: argparse.Namespace, log: P
             "variants": variants, "epochs": args.epochs, "data": f"textrnn sample corpus ({args.sample_rows} train rows)",
             "bare": f"textrnn prepare, encode, then train/export/evaluate per variant (tracking.enabled=false): "
                     f"{len(stages)} processes",
-            "in_process": "the same stages through textrnn.steps in one Python process, tracking off",
+            "in_process": "textrnn.pipeline.run_in_process in one Python process, tracking off",
             "pipeline": ("textrnn pipeline: the Prefect training_pipeline flow (temporary local Prefect server, "
                          "orchestration.max_concurrency=1) with MLflow tracking in a fresh sqlite store; it also "
                          "registers each model and promotes a champion, which the bare stages cannot do without MLflow")}

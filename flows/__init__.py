@@ -2,7 +2,7 @@
 
 Nothing here computes anything the CLI or DVC could not: every task calls one `textrnn.steps` function
 (or the inference path) with a `Config`. What this package adds is orchestration: caching on stable
-keys, retries where the outside world can fail, bounded fan-out of the variants (threads in-process,
+keys, retries where the outside world can fail, bounded fan-out of the variants (a process per variant locally,
 or one flow run per variant on a work pool), the MLflow parent run, and a comparison artifact.
 
 Entrypoints (see prefect.yaml): `flows/training.py:training_pipeline`,

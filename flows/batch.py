@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.tasks import OUTSIDE_WORLD_RETRIES
 from flows.training import Overrides, load_config
-from textrnn.config import Config
+from textrnn.config import DEFAULT_PARAMS, Config
 
 CHAMPION_URI = "models:/agnews-rnn@champion"
 
@@ -46,7 +46,7 @@ def batch_predict(
     output: str,
     model: str = CHAMPION_URI,
     device: str = "auto",
-    params: str = "params.yaml",
+    params: str = str(DEFAULT_PARAMS),
     overrides: Overrides = None,
 ) -> dict[str, Any]:
     """Classify the texts in `input` (CSV with a `text` column, JSONL, or one text per line) with `model`

@@ -1,47 +1,108 @@
-"""Cache keys for the pipeline's tasks: the config keys a step reads plus the bytes of the files it reads.
+"""Cache keys for the pipeline's tasks, derived from dvc.yaml: the one declaration of what each step reads.
+
+Each DVC stage lists the params.yaml keys its step reads (`params`), the code modules it imports and the
+files it reads (`deps`), and the files it writes (`outs`, `metrics`, `plots`); tests/test_dvc.py checks
+those lists against what each step really reads and imports. A Prefect task's cache key is a digest of
+the same things: the stage's params (plus `paths`, which DVC sees as file locations), the bytes of its
+code modules and of its input files, where the files are the stage's deps moved to this config's `paths`
+(dvc.yaml writes them at params.yaml's default locations). So editing a module, a param or an input
+reruns the same steps under DVC and under Prefect. Two additions DVC cannot express: a csv/parquet
+source's files count by content for `prepare`, and a tracked step's key includes the tracking server.
 
 A key never hashes tensors, DataFrames or task results: only config values and file digests, so the same
-inputs give the same key in any process, on any day. Each step declares the dotted `params.yaml` keys
-it reads (`STEP_KEYS`, as a DVC stage lists its `params`; tests/test_flows.py runs every step on a
-recording config to check the list), the files it reads, and the files it writes. The textrnn modules
-a step runs count as inputs too: editing `train.py` retrains, editing `evaluate.py` only re-evaluates.
-
-After every run the flow stamps which key produced the outputs now on disk (as DVC's lock file does). A
-cache hit is taken only while those outputs are still here and unchanged since: deleting `models/`,
-running on a fresh worker, or overwriting a model with another config (then switching back) recomputes
-instead of returning a result that no longer describes the files.
+inputs give the same key in any process, on any day. After every run the flow stamps which key produced
+the outputs now on disk (as DVC's lock file does). A cache hit is taken only while those outputs are
+still here and unchanged since: deleting `models/`, running on a fresh worker, or overwriting a model
+with another config (then switching back) recomputes instead of returning a result that no longer
+describes the files.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 import textrnn
-from textrnn.config import Config
-from textrnn.data import SPLITS
+from textrnn.config import DEFAULT_PARAMS, Config
 from textrnn.files import read_json, sha256_file, write_json
 
 SOURCE_DIR = Path(textrnn.__file__).resolve().parent
+# dvc.yaml and params.yaml sit at the checkout's root, beside flows/ (a Prefect worker runs from a checkout).
+CHECKOUT = Path(__file__).resolve().parent.parent
+DVC_FILE, PARAMS_FILE = CHECKOUT / "dvc.yaml", CHECKOUT / DEFAULT_PARAMS
+CODE_PREFIX = "src/textrnn/"
 # Where a step's persisted results and cache records live, under the workspace's `paths.cache`.
 RESULTS_SUBDIR = "prefect-results"
-# The params.yaml keys each step reads; `{variant}` is the variant the step runs. A tracked train
-# reads `data` and `tokenizer` whole because it logs the full config to the variant's MLflow run.
-STEP_KEYS: dict[str, tuple[str, ...]] = {
-    "prepare": ("seed", "data", "paths.prepared", "paths.cache"),
-    # Every step but prepare also reads paths.cache: its lock lives there (textrnn.locks).
-    "encode": ("seed", "tokenizer", "buckets", "paths.prepared", "paths.encoded", "paths.cache"),
-    "train": ("seed", "data", "tokenizer", "buckets", "train", "variants.{variant}", "tracking", "paths.prepared",
-              "paths.encoded", "paths.models", "paths.metrics", "paths.plots", "paths.cache"),
-    "export": ("tracking", "paths.prepared", "paths.encoded", "paths.models", "paths.cache"),
-    "evaluate": ("data.classes", "data.source", "tracking", "paths.prepared", "paths.encoded", "paths.models",
-                 "paths.metrics", "paths.plots", "paths.cache"),
-}
+# A Prefect task's name -> the DVC stage that runs the same step (DVC's evaluate stage also registers).
+STAGE_OF = {"prepare": "prepare", "encode": "encode", "train": "train", "export": "export", "evaluate": "evaluate"}
 
+
+@functools.cache
+def dvc_stages() -> dict[str, dict[str, Any]]:
+    """dvc.yaml's stages by name; a `foreach` stage as its `do` template (`${key}` is the variant)."""
+    stages = yaml.safe_load(DVC_FILE.read_text(encoding="utf-8"))["stages"]
+    return {name: stage["do"] if "foreach" in stage else stage for name, stage in stages.items()}
+
+
+@functools.cache
+def _default_paths() -> dict[str, str]:
+    """params.yaml's `paths`: the locations dvc.yaml's file deps and outs are written at."""
+    return yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["paths"]
+
+
+def _entry_path(entry: str | dict[str, Any]) -> str:
+    return entry if isinstance(entry, str) else next(iter(entry))  # `- metrics/x.json: {cache: false}`
+
+
+def _configured(cfg: Config, written: str) -> Path:
+    """A dvc.yaml path, written at the default `paths`, at this config's `paths` (the longest default
+    that is a prefix wins: `data/encoded/tokenizer.json` is under `encoded`)."""
+    best = None
+    for key, default in _default_paths().items():
+        if written == default or written.startswith(default.rstrip("/") + "/"):
+            if best is None or len(default) > len(best[1]):
+                best = (key, default)
+    if best is None:
+        return Path(written)
+    rest = written[len(best[1]):].lstrip("/")
+    base = getattr(cfg.paths, best[0])
+    return base / rest if rest else base
+
+
+def _stage_paths(cfg: Config, entries: list[Any], variant: str | None) -> tuple[Path, ...]:
+    return tuple(_configured(cfg, _entry_path(entry).replace("${key}", variant or "")) for entry in entries)
+
+
+def stage_modules(step: str) -> tuple[str, ...]:
+    """The textrnn modules (`train`, `models`, ...) the step's DVC stage declares."""
+    deps = [_entry_path(dep) for dep in dvc_stages()[STAGE_OF[step]].get("deps", [])]
+    return tuple(dep.removeprefix(CODE_PREFIX).removesuffix(".py") for dep in deps if dep.startswith(CODE_PREFIX))
+
+
+def stage_params(step: str, variant: str | None = None) -> tuple[str, ...]:
+    """The params.yaml keys the step's DVC stage declares, for `variant`; plus `paths`, which DVC
+    tracks as the locations of its deps and outs."""
+    declared = [_entry_path(key).replace("${key}", variant or "") for key in dvc_stages()[STAGE_OF[step]]["params"]]
+    return (*declared, "paths")
+
+
+def stage_inputs(cfg: Config, step: str, variant: str | None = None) -> tuple[Path, ...]:
+    """The step's input files and directories (its DVC deps other than code), at this config's paths."""
+    deps = [dep for dep in dvc_stages()[STAGE_OF[step]].get("deps", []) if not _entry_path(dep).startswith(CODE_PREFIX)]
+    return _stage_paths(cfg, deps, variant)
+
+
+def stage_outputs(cfg: Config, step: str, variant: str | None = None) -> tuple[Path, ...]:
+    """The files the step writes (its DVC outs, metrics and plots), at this config's paths."""
+    stage = dvc_stages()[STAGE_OF[step]]
+    return _stage_paths(cfg, [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])], variant)
 
 @dataclass(frozen=True)
 class StepFiles:
@@ -65,23 +126,31 @@ class StepFiles:
 
 
 def _digest(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else None
+    """A file's sha256; a directory's, over its files' relative paths and sha256s; None when missing."""
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        return None
+    listing = "\n".join(f"{file.relative_to(path).as_posix()}:{sha256_file(file)}"
+                        for file in sorted(path.rglob("*")) if file.is_file())
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def _value(dumped: dict[str, Any], key: str) -> Any:
-    """The value at dotted `key` of a dumped config; `paths.*` made absolute (relative ones mean
-    different files in different working directories)."""
+    """The value at dotted `key` of a dumped config; paths made absolute (relative ones mean different
+    files in different working directories)."""
     node: Any = dumped
     for part in key.split("."):
         node = node[part]
-    return str(Path(node).resolve()) if key.startswith("paths.") else node
+    if key == "paths":
+        return {name: str(Path(value).resolve()) for name, value in node.items()}
+    return node
 
 
 def config_slice(cfg: Config, step: str, variant: str | None = None) -> dict[str, Any]:
-    """{dotted key: value} for every key `step` reads (`STEP_KEYS`), for `variant` where it runs one."""
+    """{dotted key: value} for every key `step`'s stage declares (`stage_params`), for `variant`."""
     dumped = cfg.model_dump(mode="json")
-    keys = (key.format(variant=variant) for key in STEP_KEYS[step])
-    return {key: _value(dumped, key) for key in keys}
+    return {key: _value(dumped, key) for key in stage_params(step, variant)}
 
 
 def _tracking_target(cfg: Config) -> dict[str, Any]:
@@ -93,76 +162,41 @@ def _tracking_target(cfg: Config) -> dict[str, Any]:
     return {"tracking_uri": tracking_uri()}
 
 
-def _sources(*modules: str) -> tuple[Path, ...]:
-    return tuple(SOURCE_DIR / f"{module}.py" for module in modules)
-
-
-def _run_record(cfg: Config, variant: str) -> tuple[Path, ...]:
-    """`models/<V>/mlflow_run.json` when tracked: export and evaluate log into the run it names."""
-    return (cfg.paths.run_record(variant),) if cfg.tracking.enabled else ()
-
-
-def _prepared(cfg: Config, splits: Iterable[str] = SPLITS) -> tuple[Path, ...]:
-    return tuple(cfg.paths.prepared / f"{split}.parquet" for split in splits)
-
-
-def _encoded(cfg: Config, splits: Iterable[str] = SPLITS) -> tuple[Path, ...]:
-    return tuple(cfg.paths.encoded / f"{split}.npz" for split in splits)
+def step_files(cfg: Config, step: str, variant: str | None = None, **extra: Any) -> StepFiles:
+    """What `step` (for `variant`) reads and writes, from its DVC stage; `extra` joins the config part
+    of the key (e.g. the evaluation device)."""
+    source_files = ()
+    if step == "prepare":  # a csv/parquet source counts by content (DVC sees only its path, a param)
+        source_files = tuple(Path(path) for path in (cfg.data.train_path, cfg.data.test_path) if path is not None)
+    config = config_slice(cfg, step, variant)
+    if variant is not None:
+        config |= {"variant": variant, **_tracking_target(cfg)}
+    return StepFiles(
+        config={**config, **extra},
+        inputs=(*source_files, *stage_inputs(cfg, step, variant),
+                *(SOURCE_DIR / f"{module}.py" for module in stage_modules(step))),
+        outputs=stage_outputs(cfg, step, variant),
+    )
 
 
 def prepare_files(cfg: Config) -> StepFiles:
-    """Reads the source: local files by content; the Hub and the sample through their config."""
-    local = [Path(path) for path in (cfg.data.train_path, cfg.data.test_path) if path is not None]
-    return StepFiles(
-        config=config_slice(cfg, "prepare"),
-        inputs=(*local, *_sources("data", "sample")),
-        outputs=(*_prepared(cfg), cfg.paths.prepared / "report.json"),
-    )
+    return step_files(cfg, "prepare")
 
 
 def encode_files(cfg: Config) -> StepFiles:
-    """Reads the prepared splits; writes the encoded splits, the bucket report and the tokenizer."""
-    return StepFiles(
-        config=config_slice(cfg, "encode"),
-        inputs=(*_prepared(cfg), *_sources("tokens", "bucketing")),
-        outputs=(*_encoded(cfg), cfg.paths.encoded / "buckets.json", cfg.paths.tokenizer),
-    )
+    return step_files(cfg, "encode")
 
 
 def train_files(cfg: Config, variant: str) -> StepFiles:
-    """Reads the encoded train/val splits and the tokenizer (tracked: logs the prepared splits too)."""
-    model_dir = cfg.paths.model_dir(variant)
-    return StepFiles(
-        config={**config_slice(cfg, "train", variant), "variant": variant, **_tracking_target(cfg)},
-        inputs=(*_encoded(cfg, ("train", "val")), cfg.paths.tokenizer,
-                *(_prepared(cfg, ("train", "val")) if cfg.tracking.enabled else ()),
-                *_sources("train", "models", "optim", "bucketing")),
-        outputs=(model_dir / "model.pt", cfg.paths.metrics_dir(variant) / "train.json", *_run_record(cfg, variant)),
-    )
+    return step_files(cfg, "train", variant)
 
 
 def export_files(cfg: Config, variant: str) -> StepFiles:
-    """Reads model.pt and the tokenizer (tracked: the test split, for the logged model's input example)."""
-    model_dir = cfg.paths.model_dir(variant)
-    return StepFiles(
-        config={**config_slice(cfg, "export", variant), "variant": variant, **_tracking_target(cfg)},
-        inputs=(model_dir / "model.pt", cfg.paths.tokenizer, *_run_record(cfg, variant),
-                *(_prepared(cfg, ("test",)) if cfg.tracking.enabled else ()), *_sources("export", "models")),
-        outputs=(model_dir / "model.onnx", model_dir / "tokenizer.json", model_dir / "export.json"),
-    )
+    return step_files(cfg, "export", variant)
 
 
 def evaluate_files(cfg: Config, variant: str, device: str) -> StepFiles:
-    """Reads the exported model, the test split and train.json (learning curves) on `device`."""
-    model_dir = cfg.paths.model_dir(variant)
-    return StepFiles(
-        config={**config_slice(cfg, "evaluate", variant), "variant": variant, "device": device,
-                **_tracking_target(cfg)},
-        inputs=(model_dir / "model.onnx", model_dir / "tokenizer.json", *_prepared(cfg, ("test",)),
-                cfg.paths.metrics_dir(variant) / "train.json", *_run_record(cfg, variant),
-                *_sources("evaluate", "inference")),
-        outputs=(cfg.paths.metrics_dir(variant) / "eval.json",),
-    )
+    return step_files(cfg, "evaluate", variant, device=device)
 
 
 def cache_key_from(describe: Callable[..., StepFiles], *parameter_names: str) -> Callable[[Any, dict[str, Any]], str]:

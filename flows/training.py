@@ -1,13 +1,18 @@
-"""The training pipeline as Prefect flows: prepare → encode → per variant (train → export → evaluate →
-register, concurrently) → promote, with an MLflow parent run and a comparison artifact.
+"""The pipeline of `textrnn.pipeline` as Prefect flows: its steps run as cached tasks (`PrefectSteps`),
+each variant as a `train-variant` flow run, with an MLflow parent run and a comparison artifact.
 
 `orchestration.mode` picks where the variants run:
-- `local`: each variant's `train-variant` flow runs as a subflow in this process, at most
-  `orchestration.max_concurrency` at once (a thread pool);
+- `local`: each variant's `train-variant` flow runs as a subflow of this process, at most
+  `orchestration.max_concurrency` at once;
 - `distributed`: each variant is its own flow run of the `train-variant` deployment on work pool
-  `orchestration.work_pool`, so N workers train N variants at once. A variant flow run needs nothing
-  from this machine's disk: it prepares its data from the same config (a cache hit where the data
-  already exist), logs to MLflow, and registers its model; promotion then works from the registry.
+  `orchestration.work_pool`, so N workers train N variants at once.
+
+The pipeline flow resolves the config once and hands every variant flow run the validated config as data
+(`config`), with the commit of the code that resolved it: a worker never reads its own params.yaml, and
+one whose checkout is at another commit refuses (unless `allow_other_commit`). A variant flow run needs
+nothing from this machine's disk: it prepares its data from that config (a cache hit where they already
+exist), logs to MLflow and registers its model; its row comes back through MLflow (`textrnn.results`),
+so no Prefect result storage is shared between machines.
 """
 
 from __future__ import annotations
@@ -15,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -28,26 +32,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows import tasks
 from flows.resilience import ensure_zombie_automation
 from flows.report import COMPARISON_KEY, comparison_markdown
 from flows.tasks import prepare_options, run_step
 from textrnn import config as config_module
-from textrnn import steps
-from textrnn.config import Config
-from textrnn.errors import TextrnnError
+from textrnn import pipeline
+from textrnn.config import DEFAULT_PARAMS, Config
+from textrnn.pipeline import PipelineError
+from textrnn.provenance import git_tags
 
 TRAIN_VARIANT_DEPLOYMENT = "train-variant/train-variant"
 # A variant whose flow run crashed (its worker or machine died; see flows.resilience) is submitted again.
 CRASH_RESUBMISSIONS = 2
 # How parameters name config overrides: a mapping {"dotted.key": value} or a list of "dotted.key=value".
 Overrides = dict[str, Any] | list[str] | None
-
-
-class PipelineError(TextrnnError):
-    """A variant failed, or the pipeline cannot run as configured; stated in one line."""
 
 
 def check_prefect_api(timeout_s: float = 5.0) -> None:
@@ -94,7 +95,20 @@ def selected_variants(cfg: Config, variants: list[str] | None) -> list[str]:
     return names
 
 
-# ------------------------------------------------------------------------------------ one variant
+def check_commit(expected: str | None, allow_other_commit: bool) -> None:
+    """Refuse (one line) to run a pipeline's variant with code from another commit than the pipeline's:
+    the run would record one commit and train with another's code."""
+    if expected is None or allow_other_commit:
+        return
+    here = git_tags()["git_commit"]
+    if here != expected:
+        raise PipelineError(
+            f"this worker's checkout ({os.getcwd()}) is at commit {here[:12]}, the pipeline's at {expected[:12]}: "
+            "check out the same commit here, or run the pipeline with allow_other_commit=true"
+        )
+
+
+# ------------------------------------------------------------------------------------ the steps
 
 
 @contextlib.contextmanager
@@ -103,7 +117,7 @@ def gpu_slot() -> Iterator[None]:
 
     Only on a worker (which names itself to its flow runs): `prefect gcl create gpu:<worker> --limit 1`
     makes runs on that worker's GPU take turns, however many the worker accepts. Without the limit
-    Prefect logs a warning and runs on; in-process runs (local mode) take no slot.
+    Prefect logs a warning and runs on; local variant processes take no slot.
     """
     worker = os.environ.get("PREFECT__WORKER_NAME")
     if not worker:
@@ -113,91 +127,87 @@ def gpu_slot() -> Iterator[None]:
         yield
 
 
-def mlflow_run_url(cfg: Config, variant: str) -> str | None:
-    """The variant run's page on an http(s) tracking server (None for a local store or without tracking)."""
-    if not cfg.tracking.enabled:
-        return None
-    from textrnn.tracking import recorded_run
+class PrefectSteps:
+    """`textrnn.pipeline.Steps` as Prefect tasks: file-producing steps cached (`flows.tasks.run_step`),
+    registry steps retried; evaluation on `device`."""
 
-    record = recorded_run(cfg, variant)
-    if record is None or not record["tracking_uri"].startswith(("http://", "https://")):
-        return None
-    return f"{record['tracking_uri'].rstrip('/')}/#/experiments/{record['experiment_id']}/runs/{record['run_id']}"
+    def __init__(self, device: str = "auto") -> None:
+        self.device = device
 
+    def prepare(self, cfg: Config) -> Any:
+        return run_step(tasks.prepare, cfg, task_options=prepare_options(cfg)).result()
 
-def variant_row(cfg: Config, variant: str, trained: Any, evaluation: dict[str, Any],
-                registration: dict[str, Any]) -> dict[str, Any]:
-    """The variant's line in the comparison: metrics, MLflow run and version, where it ran, and whether
-    training was a cache hit (`trained` is the train task's final state)."""
-    summary = trained.result()
-    return {
-        "variant": variant,
-        "test_accuracy": evaluation["test_accuracy"],
-        "test_macro_f1": evaluation["test_macro_f1"],
-        "inference_latency_ms_b1": evaluation["inference_latency_ms_b1"],
-        "provider": evaluation.get("provider"),
-        "padding_efficiency": summary["padding_efficiency"],
-        "epochs_run": summary["epochs_run"],
-        "train_cached": trained.name == "Cached",
-        "mlflow_run_id": summary.get("mlflow_run_id"),
-        "mlflow_run_url": mlflow_run_url(cfg, variant),
-        "model_version": registration.get("version"),
-        "device": summary["device"],
-        "worker": os.environ.get("PREFECT__WORKER_NAME") or "in-process",
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
+    def encode(self, cfg: Config) -> Any:
+        return run_step(tasks.encode, cfg).result()
+
+    def train(self, cfg: Config, variant: str, parent_run_id: str | None) -> tuple[dict[str, Any], bool]:
+        trained = run_step(tasks.train, cfg, variant, parent_run_id=parent_run_id)
+        return trained.result(), trained.name == "Cached"
+
+    def export(self, cfg: Config, variant: str) -> Any:
+        return run_step(tasks.export, cfg, variant).result()
+
+    def evaluate(self, cfg: Config, variant: str) -> Any:
+        return run_step(tasks.evaluate, cfg, variant, self.device).result()
+
+    def register(self, cfg: Config, variant: str) -> dict[str, Any]:
+        return tasks.register(cfg, variant)
+
+    def promote(self, cfg: Config, versions: Sequence[str] | None) -> dict[str, Any]:
+        return tasks.promote(cfg, versions)
+
+    def device_slot(self) -> contextlib.AbstractContextManager[None]:
+        return gpu_slot()
 
 
-@flow(name="train-variant", flow_run_name="train-{variant}", persist_result=True, result_serializer="json")
+# ------------------------------------------------------------------------------------ one variant
+
+
+@flow(name="train-variant", flow_run_name="train-{variant}", persist_result=False)
 def train_variant_flow(
     variant: str,
-    params: str = "params.yaml",
-    overrides: Overrides = None,
+    config: dict[str, Any],
     parent_run_id: str | None = None,
+    code_commit: str | None = None,
+    allow_other_commit: bool = False,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Train, export, evaluate and register one variant; returns its comparison row (see `variant_row`).
+    """Prepare (where needed), train, export, evaluate and register one variant from the pipeline's
+    resolved `config` (`Config.model_dump`); returns its attribution (`textrnn.results`).
 
-    Self-sufficient on any machine: the data are prepared and encoded from the same config first (cache
-    hits where they already exist). Training, export and evaluation hold this worker's GPU slot.
-    `parent_run_id` nests the variant's MLflow run under the pipeline's run.
+    Refuses when this checkout is not at `code_commit` (see `check_commit`). Training, export and
+    evaluation hold this worker's GPU slot. `parent_run_id` nests the variant's MLflow run under the
+    pipeline's run, where the variant's result is announced.
     """
-    cfg = load_config(params, overrides)
+    check_commit(code_commit, allow_other_commit)
+    cfg = config_module.from_dict(config, source="the pipeline's config")
     cfg.variant(variant)
-    run_step(tasks.prepare, cfg, task_options=prepare_options(cfg))
-    run_step(tasks.encode, cfg)
-    with gpu_slot():
-        trained = run_step(tasks.train, cfg, variant, parent_run_id=parent_run_id)
-        run_step(tasks.export, cfg, variant)
-        evaluation = run_step(tasks.evaluate, cfg, variant, device).result()
-    registration = tasks.register(cfg, variant)
-    return variant_row(cfg, variant, trained, evaluation, registration)
+    return pipeline.run_variant(cfg, variant, PrefectSteps(device), parent_run_id)
 
 
 # ----------------------------------------------------------------------------------- the fan-out
 
 
 @task(name="variant", task_run_name="variant-{variant}", cache_policy=NO_CACHE)
-def run_variant_here(params: str, variant: str, overrides: Overrides, parent_run_id: str | None) -> dict[str, Any]:
-    """Run the variant's flow in this process (a subflow run); returns its row."""
-    return train_variant_flow(params=params, variant=variant, overrides=overrides, parent_run_id=parent_run_id)
+def run_variant_here(variant: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run the variant's flow in this process (a subflow run); returns its attribution."""
+    return train_variant_flow(variant=variant, **parameters)
 
 
 @task(name="variant-on-worker", task_run_name="variant-{variant}", cache_policy=NO_CACHE)
-def run_variant_on_worker(params: str, variant: str, overrides: Overrides, parent_run_id: str | None) -> dict[str, Any]:
-    """Run the variant as a flow run of the `train-variant` deployment and wait for it; returns its row.
+def run_variant_on_worker(variant: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """Run the variant as a flow run of the `train-variant` deployment and wait for it.
 
-    The row comes back through the flow run's persisted result: with workers on several machines, point
-    Prefect's default result storage at shared object storage (PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK).
-    A flow run that ends Crashed (its infrastructure died) is submitted again, up to CRASH_RESUBMISSIONS
-    times, for whichever worker is free, after its MLflow run (left RUNNING by the dead worker) is marked
-    KILLED; a Failed one (the variant's own error) is not submitted again.
+    Its result is not read back from Prefect (that would need result storage shared by every machine):
+    the pipeline reads it from MLflow. A flow run that ends Crashed (its infrastructure died) is
+    submitted again, up to CRASH_RESUBMISSIONS times, for whichever worker is free, after its MLflow run
+    (left RUNNING by the dead worker) is marked KILLED; a Failed one (the variant's own error) is not.
     """
+    parent_run_id = parameters.get("parent_run_id")
     for attempt in range(CRASH_RESUBMISSIONS + 1):
         flow_run = run_deployment(
             TRAIN_VARIANT_DEPLOYMENT,
-            parameters={"params": params, "variant": variant, "overrides": overrides, "parent_run_id": parent_run_id},
+            parameters={"variant": variant, **parameters},
             timeout=None,  # wait as long as training takes
         )
         state = flow_run.state
@@ -213,7 +223,7 @@ def run_variant_on_worker(params: str, variant: str, overrides: Overrides, paren
         name = state.name if state is not None else "unknown"
         message = state.message if state is not None else ""
         raise PipelineError(f"{variant}: flow run '{flow_run.name}' ended {name}: {message}")
-    return state.result()
+    return {"variant": variant, "flow_run": flow_run.name}
 
 
 def check_deployment(cfg: Config) -> None:
@@ -236,31 +246,51 @@ def check_deployment(cfg: Config) -> None:
         )
 
 
-def fan_out(cfg: Config, params: str, names: list[str], overrides: Overrides,
-            parent_run_id: str | None) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every variant's flow, concurrently; returns (rows of the variants that completed, failures).
+def core_share(concurrency: int) -> int:
+    """The torch threads each of `concurrency` local variant processes gets: the cores, divided."""
+    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
 
-    Local: at most `orchestration.max_concurrency` at once. Distributed: all flow runs are submitted
-    at once; the work pool's workers (and their GPU limits) decide how many run together.
+
+def share_cores(threads: int) -> None:
+    """Initialise a variant process: `threads` torch threads (`train.threads`, when set, still wins)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def fan_out_over_prefect(allow_other_commit: bool) -> pipeline.FanOut:
+    """`textrnn.pipeline.FanOut` over Prefect: every variant's flow run, concurrently.
+
+    Local: subflows in this process, at most `orchestration.max_concurrency` at once. Distributed: all
+    flow runs are submitted at once; the work pool's workers (and their GPU limits) decide how many run
+    together. Each flow run gets the config as data and this checkout's commit.
     """
-    distributed = cfg.orchestration.mode == "distributed"
-    run_variant = run_variant_on_worker if distributed else run_variant_here
-    width = len(names) if distributed else cfg.orchestration.max_concurrency
-    with ThreadPoolTaskRunner(max_workers=width) as runner:
-        futures: dict[str, PrefectFuture] = {
-            name: runner.submit(run_variant, {"params": params, "variant": name, "overrides": overrides,
-                                              "parent_run_id": parent_run_id})
-            for name in names
-        }
-        for future in futures.values():
-            future.wait()
-    rows, failures = [], []
-    for name, future in futures.items():
-        if future.state.is_completed():
-            rows.append(future.result())
-        else:
-            failures.append(f"{name}: {future.state.message}")
-    return rows, failures
+
+    def fan_out(cfg: Config, names: Sequence[str], parent_run_id: str | None):
+        distributed = cfg.orchestration.mode == "distributed"
+        run_variant = run_variant_on_worker if distributed else run_variant_here
+        width = len(names) if distributed else cfg.orchestration.max_concurrency
+        parameters = {"config": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
+                      "code_commit": git_tags()["git_commit"], "allow_other_commit": allow_other_commit}
+        # Local variants run in processes of their own, each with its share of the cores: torch's
+        # intra-op threads collapse when several trainings oversubscribe them.
+        runner_for = ThreadPoolTaskRunner(max_workers=width) if distributed else ProcessPoolTaskRunner(
+            max_workers=width, initializer=share_cores, initargs=(core_share(width),))
+        with runner_for as runner:
+            futures: dict[str, PrefectFuture] = {
+                name: runner.submit(run_variant, {"variant": name, "parameters": parameters}) for name in names
+            }
+            for future in futures.values():
+                future.wait()
+        attributions, failures = {}, []
+        for name, future in futures.items():
+            if future.state.is_completed():
+                attributions[name] = future.result()
+            else:
+                failures.append(f"{name}: {future.state.message}")
+        return attributions, failures
+
+    return fan_out
 
 
 # --------------------------------------------------------------------------------- the pipeline
@@ -268,8 +298,6 @@ def fan_out(cfg: Config, params: str, names: list[str], overrides: Overrides,
 
 def parent_run_name() -> str:
     """`pipeline <UTC date time> <commit>`: which code ran when, at a glance in the MLflow UI."""
-    from textrnn.provenance import git_tags
-
     commit = git_tags()["git_commit"][:8]
     return f"pipeline {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC {commit}"
 
@@ -284,19 +312,20 @@ def publish_comparison(rows: list[dict[str, Any]], promotion: dict[str, Any], fa
 
 @flow(name="training-pipeline")
 def training_pipeline(
-    params: str = "params.yaml",
+    params: str = str(DEFAULT_PARAMS),
     variants: list[str] | None = None,
     overrides: Overrides = None,
+    allow_other_commit: bool = False,
 ) -> dict[str, Any]:
-    """Prepare and encode the data, train/export/evaluate/register every variant concurrently, then
-    move the `champion` alias if the best new version passes the promotion gates.
+    """`textrnn.pipeline.run` on Prefect: prepare and encode the data, train/export/evaluate/register
+    every variant concurrently, then move the `champion` alias if the best new version passes the gates.
 
     `variants`: names from `params.yaml` (default: all); `overrides`: `{"dotted.key": value}` or
-    `["dotted.key=value"]`, as `--set`. Returns {variants: rows, promotion, mlflow_parent_run_id}. Raises
-    the step's own error when prepare or encode fails, and PipelineError naming every failed variant
-    (after the others finish; nothing is promoted then).
+    `["dotted.key=value"]`, as `--set`; `allow_other_commit`: let workers whose checkout is at another
+    commit run the variants. Returns {variants: rows, promotion, mlflow_parent_run_id}. Raises the
+    step's own error when prepare or encode fails, and PipelineError naming every failed variant (after
+    the others finish; nothing is promoted then).
     """
-    logger = get_run_logger()
     cfg = load_config(params, overrides)
     names = selected_variants(cfg, variants)
     if cfg.orchestration.mode == "distributed":
@@ -304,17 +333,7 @@ def training_pipeline(
             raise PipelineError("orchestration.mode distributed moves models through MLflow: set tracking.enabled=true")
         check_deployment(cfg)
         ensure_zombie_automation()  # crashed variant runs are detected, then resubmitted
-    run_step(tasks.prepare, cfg, task_options=prepare_options(cfg))
-    run_step(tasks.encode, cfg)
-    with steps.pipeline_run(cfg, parent_run_name() if cfg.tracking.enabled else None) as parent_run_id:
-        rows, failures = fan_out(cfg, params, names, overrides, parent_run_id)
-        if failures:
-            promotion = {"promoted": False, "reason": "skipped: some variants failed"}
-        else:
-            versions = [row["model_version"] for row in rows if row.get("model_version")]
-            promotion = tasks.promote(cfg, versions or None)
-        publish_comparison(rows, promotion, failures)
-        if failures:
-            raise PipelineError(f"{len(failures)} of {len(names)} variants failed: " + "; ".join(failures))
-    logger.info("promotion: %s", promotion["reason"])
-    return {"variants": rows, "promotion": promotion, "mlflow_parent_run_id": parent_run_id}
+    result = pipeline.run(cfg, names, PrefectSteps(), fan_out_over_prefect(allow_other_commit),
+                          parent_run_name=parent_run_name(), publish=publish_comparison)
+    get_run_logger().info("promotion: %s", result["promotion"]["reason"])
+    return result

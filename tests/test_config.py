@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 
-from textrnn import config
+from textrnn import config, filenames
 from textrnn.config import ConfigError
 
 from conftest import PARAMS
@@ -109,3 +110,65 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
 def test_unknown_variant_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match="unknown variant 'lstmm'.*bilstm"):
         config.load(PARAMS).variant("lstmm")
+
+
+def test_params_yaml_states_exactly_the_defaults_in_config_py() -> None:
+    """config.py's field defaults hold every value (a partial params file, `Config()` and `from_dict` use
+    them); params.yaml spells them all out, because DVC tracks its keys and people read it. This keeps
+    the two equal key for key, so a changed default is changed in both or the suite fails naming the key."""
+
+    def differences(written: object, default: object, key: str = "") -> list[str]:
+        if isinstance(written, dict) and isinstance(default, dict):
+            return [line for name in sorted(set(written) | set(default))
+                    for line in differences(written.get(name, "<absent>"), default.get(name, "<absent>"), f"{key}.{name}")]
+        same = written == default and type(written) is type(default)
+        return [] if same else [f"{key.lstrip('.')}: params.yaml has {written!r}, config.py {default!r}"]
+
+    assert differences(config.read_raw(PARAMS), config.Config().model_dump(mode="json")) == []
+
+
+# ------------------------------------------------------------------------ the output files' names
+
+
+def named_files(paths: config.PathsConfig, variant: str, split: str) -> dict[str, Path]:
+    """Every file `PathsConfig` names: its properties, and its methods of one variant or one split."""
+    files = {}
+    for name, member in vars(config.PathsConfig).items():
+        if isinstance(member, property):
+            files[name] = getattr(paths, name)
+        elif inspect.isfunction(member) and not name.startswith("_") and not name.endswith("_dir"):
+            parameters = list(inspect.signature(member).parameters)[1:]
+            if parameters in (["variant"], ["split"]):
+                files[name] = member(paths, variant if parameters == ["variant"] else split)
+    return files
+
+
+def test_every_output_file_lies_in_its_output_directory() -> None:
+    paths = config.load(PARAMS).paths
+    files = named_files(paths, "gru", "train")
+    assert files
+    per_variant = (paths.model_dir("gru"), paths.metrics_dir("gru"), paths.plots_dir("gru"))
+    shared = (paths.prepared, paths.encoded, paths.metrics)
+    for name, file in files.items():
+        assert file.parent in (*per_variant, *shared), f"PathsConfig.{name}: {file}"
+    # Directories are checked against the working directory on load (check_paths): so are their files.
+    assert not any(file.parent == paths.cache for file in files.values())
+
+
+def test_output_files_are_distinct_and_every_file_name_is_used() -> None:
+    paths = config.load(PARAMS).paths
+    files, others = named_files(paths, "gru", "train"), named_files(paths, "bag", "test")
+    assert len(set(files.values())) == len(files)
+    shared = {name for name, member in vars(config.PathsConfig).items() if isinstance(member, property)}
+    assert all(others[name] != file for name, file in files.items() if name not in shared)
+    constants = {value for name, value in vars(filenames).items() if name.endswith("_FILE")}
+    splits = {filenames.prepared_split_file("train"), filenames.encoded_split_file("train")}
+    assert {file.name for file in files.values()} == constants | splits
+
+
+def test_output_files_follow_the_configured_directories() -> None:
+    paths = config.load(PARAMS, ["paths.models=out/m", "paths.encoded=out/enc"]).paths
+    assert paths.onnx_file("gru") == Path("out/m/gru/model.onnx")
+    assert paths.served_tokenizer("gru").parent == paths.onnx_file("gru").parent
+    assert paths.served_tokenizer("gru").name == paths.tokenizer.name == filenames.TOKENIZER_FILE
+    assert paths.encoded_split("val") == Path("out/enc/val.npz")

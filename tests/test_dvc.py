@@ -326,7 +326,8 @@ def test_learning_curve_plots_cover_every_variant() -> None:
         assert plotted == variants, f"dvc.yaml plot '{title}' must list metrics/<V>/train.json for {sorted(variants)}"
 
 
-def test_stages_import_exactly_their_declared_modules(project: Project) -> None:
+def imports_by_stage(project: Project) -> dict[str, set[str]]:
+    """{stage: the textrnn module files its commands imported during the first repro}."""
     by_command = {command.removeprefix("textrnn ").strip(): name
                   for name, definition in stage_names().items() for command in commands(definition)}
     imported: dict[str, set[str]] = {name: set() for name in stage_names()}
@@ -336,6 +337,11 @@ def test_stages_import_exactly_their_declared_modules(project: Project) -> None:
         if stage is not None:
             imported[stage] |= {"src/" + m.replace(".", "/") + (".py" if "." in m else "/__init__.py")
                                 for m in record["modules"]}
+    return imported
+
+
+def test_stages_import_exactly_their_declared_modules(project: Project) -> None:
+    imported = imports_by_stage(project)
     problems = []
     for name, definition in stage_names().items():
         declared = {dep for dep in definition["deps"] if dep.startswith("src/textrnn/")}
@@ -344,6 +350,55 @@ def test_stages_import_exactly_their_declared_modules(project: Project) -> None:
         if unused := sorted(declared - imported[name]):
             problems.append(f"stage {name} declares {', '.join(unused)} but does not import it")
     assert not problems, "\n".join(problems)
+
+
+def test_editing_a_module_reruns_the_same_steps_under_dvc_and_prefect(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prefect's cache keys come from dvc.yaml (flows.caching). Edit each textrnn module any stage imports,
+    in the copy: `dvc status` must list exactly the stages whose commands imported it, and exactly those
+    steps' Prefect cache keys must change (promote is never cached by Prefect)."""
+    from flows import caching
+
+    imported = imports_by_stage(project)
+    monkeypatch.setattr(caching, "SOURCE_DIR", project.root / "src" / "textrnn")
+    monkeypatch.setattr(caching, "DVC_FILE", project.root / "dvc.yaml")
+    monkeypatch.setattr(caching, "PARAMS_FILE", project.root / "params.yaml")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", project.env["MLFLOW_TRACKING_URI"])
+    caching.dvc_stages.cache_clear()
+    caching._default_paths.cache_clear()
+    monkeypatch.chdir(project.root)
+    cfg = config.load(project.root / "params.yaml")
+
+    def prefect_keys() -> dict[str, str]:
+        keys = {}
+        for name in stage_names():
+            step, _, variant = name.partition("@")
+            if step in caching.STAGE_OF:
+                extra = {"device": "auto"} if step == "evaluate" else {}
+                keys[name] = caching.step_files(cfg, step, variant or None, **extra).key(step)
+        return keys
+
+    assert not json.loads(project.dvc("status", "--json")), "the copy must be up to date before the edits"
+    before = prefect_keys()
+    mismatches = []
+    for module in sorted(set().union(*imported.values())):
+        path = project.root / module
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# edited by test_dvc\n")
+        try:
+            dvc_reruns = set(json.loads(project.dvc("status", "--json")))
+            after = prefect_keys()
+        finally:
+            path.write_bytes(original)
+        importers = {stage for stage, modules in imported.items() if module in modules}
+        prefect_reruns = {stage for stage, key in after.items() if key != before[stage]}
+        if dvc_reruns != importers:
+            mismatches.append(f"{module}: dvc reruns {sorted(dvc_reruns)}, imported by {sorted(importers)}")
+        if prefect_reruns != importers & set(before):
+            mismatches.append(f"{module}: prefect reruns {sorted(prefect_reruns)}, imported by {sorted(importers)}")
+    assert not mismatches, "\n".join(mismatches)
+    assert prefect_keys() == before
 
 
 def test_changing_one_variant_reruns_only_that_variant(project: Project) -> None:
@@ -444,3 +499,4 @@ def test_fresh_clone_reproduces_bit_identical_results(project: Project) -> None:
     first = torch.load(project.cached(project.first_lock[weights]), weights_only=True)["state_dict"]
     again = torch.load(clone / weights, weights_only=True)["state_dict"]
     assert first.keys() == again.keys() and all(torch.equal(first[key], again[key]) for key in first)
+

@@ -25,7 +25,7 @@ from textrnn.inference import cpu_session
 from textrnn.models import build_model
 from textrnn.tokens import load_tokenizer
 from textrnn.checkpoints import save_model
-from textrnn.train import check_inputs, model_path
+from textrnn.train import check_inputs
 
 VARIANTS = list(Config().variants)
 MASKED_VARIANTS = [name for name, variant in Config().variants.items() if variant.masked]
@@ -37,7 +37,7 @@ def save_untrained(cfg: Config, variant_name: str, seed: int = 0) -> None:
     vocab_size = load_tokenizer(cfg.paths.tokenizer).get_vocab_size()
     model = build_model(cfg.variant(variant_name), vocab_size, len(cfg.data.classes))
     # With the lineage record training writes: export checks the tokenizer against it.
-    save_model(model, model.state_dict(), cfg.data.classes, model_path(cfg, variant_name), check_inputs(cfg, variant_name))
+    save_model(model, model.state_dict(), cfg.data.classes, cfg.paths.model_file(variant_name), check_inputs(cfg, variant_name))
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_export_records_its_inputs_and_refuses_another_tokenizer(workspace: Path
     cfg = make_config(workspace)
     save_untrained(cfg, "bag")
     report = export_variant(cfg, "bag")
-    model_pt = model_path(cfg, "bag")
+    model_pt = cfg.paths.model_file("bag")
     assert report["lineage"]["inputs"] == {"models/bag/model.pt": sha256_file(model_pt),
                                            "data/encoded/tokenizer.json": sha256_file(cfg.paths.tokenizer)}
     assert report["lineage"]["config"]["variant"]["name"] == "bag"
@@ -194,16 +194,3 @@ def test_export_without_a_trained_model_is_one_clear_error(workspace: Path) -> N
         export_variant(cfg, "lstm")
     with pytest.raises(TextrnnError, match="unknown variant"):
         export_variant(cfg, "nope")
-
-
-def test_concurrent_exports_in_one_process_all_pass_parity(workspace: Path) -> None:
-    """The Prefect flow exports variants from threads of one process; torch's exporter keeps global state."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    cfg = make_config(workspace)
-    names = ["rnn", "rnn_masked", "gru", "bag"]
-    for seed, name in enumerate(names):
-        save_untrained(cfg, name, seed)
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        reports = list(pool.map(lambda name: export_variant(cfg, name), names))
-    assert all(report["passed"] for report in reports), [r["max_abs_diff"] for r in reports]

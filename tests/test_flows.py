@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,8 +94,9 @@ def _covered(key: str, declared: list[str]) -> bool:
 
 
 def test_every_step_key_covers_the_config_the_step_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run each step (tracked: it reads the most) on a recording Config; every key it reads must be in its
-    declared `STEP_KEYS`, so that changing any of them changes the step's cache key."""
+    """Run each step (tracked: it reads the most) on a recording Config; every key it reads must be among the
+    params its DVC stage declares (`caching.stage_params`), so that changing any of them changes the step's
+    Prefect cache key as it reruns the DVC stage."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("TEXTRNN_MLFLOW_PARENT_RUN_ID", raising=False)
@@ -108,14 +110,14 @@ def test_every_step_key_covers_the_config_the_step_reads(tmp_path: Path, monkeyp
         "export": lambda c: steps.export_step(c, variant),
         "evaluate": lambda c: steps.evaluate_step(c, variant),
     }
-    assert set(calls) == set(caching.STEP_KEYS)
+    assert set(calls) == set(caching.STAGE_OF)
     undeclared = []
     for step, call in calls.items():
         proxy, keys = recording(cfg)
         call(proxy)
-        declared = [key.format(variant=variant) for key in caching.STEP_KEYS[step]]
+        declared = list(caching.stage_params(step, variant))
         undeclared += [f"{step} reads '{key}'" for key in sorted(keys) if not _covered(key, declared)]
-    assert not undeclared, "keys missing from STEP_KEYS:\n" + "\n".join(undeclared)
+    assert not undeclared, "keys missing from dvc.yaml's params:\n" + "\n".join(undeclared)
 
 
 def test_override_list_accepts_a_mapping_or_a_list() -> None:
@@ -259,6 +261,8 @@ def test_a_fresh_run_trains_every_variant(scenario: Scenario) -> None:
         assert step_states(run.states, variant) == dict.fromkeys(STEPS, "Completed")
     assert run.states["pipeline/prepare"] == run.states["pipeline/encode"] == "Completed"
     assert run.result["promotion"] == {"promoted": False, "reason": "tracking.enabled is false"}
+    pids = {row["pid"] for row in rows.values()}
+    assert len(pids) == len(VARIANTS) and os.getpid() not in pids, "each variant runs in a process of its own"
 
 
 def test_an_unchanged_rerun_is_served_from_the_cache(scenario: Scenario) -> None:
@@ -398,3 +402,16 @@ def test_tracked_pipeline_nests_variant_runs_and_promotes_a_champion(
             sort=ArtifactSort.CREATED_DESC,
         )
     assert "| bag |" in artifact.data and "**champion**" in artifact.data
+
+
+def test_a_worker_at_another_commit_refuses_unless_allowed() -> None:
+    from flows.training import check_commit
+    from textrnn.provenance import git_tags
+
+    here = git_tags()["git_commit"]
+    check_commit(here, allow_other_commit=False)
+    check_commit(None, allow_other_commit=False)  # a variant flow run started by hand
+    other = "0" * 40
+    with pytest.raises(PipelineError, match=r"is at commit \w+, the pipeline's at 000000000000: check out"):
+        check_commit(other, allow_other_commit=False)
+    check_commit(other, allow_other_commit=True)

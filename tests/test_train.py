@@ -17,7 +17,7 @@ import torch
 from textrnn.config import Config
 from textrnn.evaluate import evaluate_variant
 from textrnn.export import export_variant
-from textrnn.train import checkpoint_path, model_path, train_variant
+from textrnn.train import train_variant
 
 from conftest import PARAMS, SMALL_SAMPLE, make_config, path_overrides
 
@@ -61,7 +61,7 @@ def test_loss_goes_down_and_outputs_are_written(workspace: Path) -> None:
     summary = train_variant(cfg, "gru")
     history = summary["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"]
-    assert model_path(cfg, "gru").is_file() and checkpoint_path(cfg, "gru").is_file()
+    assert cfg.paths.model_file("gru").is_file() and cfg.paths.checkpoint("gru").is_file()
     written = json.loads((cfg.paths.metrics_dir("gru") / "train.json").read_text())
     assert written["epochs_run"] == 2 and written["padding_efficiency"] > 0.9
     assert set(history[0]) >= {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "samples_per_second", "padding_efficiency"}
@@ -76,9 +76,9 @@ def test_epoch_callback_sees_every_epoch(workspace: Path) -> None:
 def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> None:
     cfg = make_config(workspace, "train.epochs=2")
     first = train_variant(cfg, "rnn_masked")
-    first_weights = torch.load(model_path(cfg, "rnn_masked"), weights_only=True)["state_dict"]
+    first_weights = torch.load(cfg.paths.model_file("rnn_masked"), weights_only=True)["state_dict"]
     second = train_variant(cfg, "rnn_masked")
-    second_weights = torch.load(model_path(cfg, "rnn_masked"), weights_only=True)["state_dict"]
+    second_weights = torch.load(cfg.paths.model_file("rnn_masked"), weights_only=True)["state_dict"]
     strip = ("samples_per_second", "seconds")
     assert [{k: v for k, v in h.items() if k not in strip} for h in first["history"]] == [
         {k: v for k, v in h.items() if k not in strip} for h in second["history"]
@@ -96,26 +96,26 @@ def _train_command(workspace: Path, *extra: str) -> list[str]:
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: Path, tmp_path: Path) -> None:
     cfg = make_config(workspace, "train.epochs=4", "train.patience=10")
     uninterrupted = train_variant(cfg, "lstm")
-    reference = torch.load(model_path(cfg, "lstm"), weights_only=True)["state_dict"]
-    model_path(cfg, "lstm").unlink()
-    checkpoint_path(cfg, "lstm").unlink()
+    reference = torch.load(cfg.paths.model_file("lstm"), weights_only=True)["state_dict"]
+    cfg.paths.model_file("lstm").unlink()
+    cfg.paths.checkpoint("lstm").unlink()
 
     # A real process, really killed (SIGKILL: no cleanup) once its first epoch's checkpoint is on disk.
     process = subprocess.Popen(_train_command(workspace), cwd=workspace, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
-    while not checkpoint_path(cfg, "lstm").exists() and process.poll() is None and time.monotonic() < deadline:
+    while not cfg.paths.checkpoint("lstm").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert not model_path(cfg, "lstm").exists()
-    killed_after = torch.load(checkpoint_path(cfg, "lstm"), weights_only=True)["state"]["epoch"]
+    assert not cfg.paths.model_file("lstm").exists()
+    killed_after = torch.load(cfg.paths.checkpoint("lstm"), weights_only=True)["state"]["epoch"]
     assert killed_after < 4
 
     resumed = subprocess.run(_train_command(workspace, "--resume"), cwd=workspace, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    weights = torch.load(model_path(cfg, "lstm"), weights_only=True)["state_dict"]
+    weights = torch.load(cfg.paths.model_file("lstm"), weights_only=True)["state_dict"]
     assert all(torch.equal(reference[k], weights[k]) for k in reference)
     history = json.loads((cfg.paths.metrics_dir("lstm") / "train.json").read_text())["history"]
     assert [h["val_loss"] for h in history] == [h["val_loss"] for h in uninterrupted["history"]]
@@ -129,11 +129,11 @@ def test_outputs_record_their_inputs_and_training_config(workspace: Path) -> Non
     summary = train_variant(cfg, "bag")
     expected_inputs = {f"data/encoded/{name}": sha256_file(workspace / "data" / "encoded" / name)
                        for name in ("train.npz", "val.npz", "tokenizer.json")}
-    for record in (summary["lineage"], torch.load(model_path(cfg, "bag"), weights_only=True)["lineage"],
-                   torch.load(checkpoint_path(cfg, "bag"), weights_only=True)["lineage"]):
+    for record in (summary["lineage"], torch.load(cfg.paths.model_file("bag"), weights_only=True)["lineage"],
+                   torch.load(cfg.paths.checkpoint("bag"), weights_only=True)["lineage"]):
         assert record["inputs"] == expected_inputs
         assert record["config"] == training_config(cfg, "bag")
-    assert summary["model_pt_sha256"] == sha256_file(model_path(cfg, "bag"))
+    assert summary["model_pt_sha256"] == sha256_file(cfg.paths.model_file("bag"))
     assert "device" not in training_config(cfg, "bag")["train"] and training_config(cfg, "bag")["variant"]["name"] == "bag"
 
 
@@ -148,7 +148,7 @@ def test_a_new_run_clears_the_variants_previous_outputs_first(workspace: Path) -
     mine = cfg.paths.model_dir("gru") / "notes.txt"
     mine.write_text("a user's file")
     clear_outputs(cfg, "gru", resume=True, run_record=False)
-    assert checkpoint_path(cfg, "gru").exists() and (cfg.paths.model_dir("gru") / "mlflow_run.json").exists()
+    assert cfg.paths.checkpoint("gru").exists() and (cfg.paths.model_dir("gru") / "mlflow_run.json").exists()
     clear_outputs(cfg, "gru")
     assert not [path for path in outputs if path.exists()] and mine.read_text() == "a user's file"
 
@@ -160,7 +160,7 @@ def test_divergence_is_caught_at_the_first_non_finite_loss(workspace: Path) -> N
     with pytest.raises(TrainingDiverged, match=r"lstm epoch 1/1, step \d+: loss is") as raised:
         train_variant(cfg, "lstm")
     assert "\n" not in str(raised.value)
-    assert not model_path(cfg, "lstm").exists()
+    assert not cfg.paths.model_file("lstm").exists()
 
 
 @pytest.mark.parametrize("changed", ["train.learning_rate=0.01", "seed=1", "train.epochs=3", "variants.gru.hidden=8",

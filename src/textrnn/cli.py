@@ -22,7 +22,7 @@ from rich.table import Table
 
 from textrnn import config as config_module
 from textrnn import stopping
-from textrnn.config import Config
+from textrnn.config import DEFAULT_PARAMS, Config
 from textrnn.errors import Terminated, TextrnnError
 
 app = typer.Typer(
@@ -123,7 +123,7 @@ def load_config(params: Path, overrides: list[str] | None) -> Config:
 
 @app.command()
 @user_errors
-def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False) -> None:
+def prepare(params: ParamsOption = DEFAULT_PARAMS, set_: SetOption = None, wait: WaitOption = False) -> None:
     """Load, validate and split the data source into data/prepared/{train,val,test}.parquet."""
     from textrnn.steps import prepare_step
 
@@ -135,7 +135,7 @@ def prepare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, 
 
 @app.command()
 @user_errors
-def encode(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False) -> None:
+def encode(params: ParamsOption = DEFAULT_PARAMS, set_: SetOption = None, wait: WaitOption = False) -> None:
     """Fit the vocabulary on train, encode every split, and measure bucketing's padding efficiency."""
     from textrnn.steps import encode_step
 
@@ -152,7 +152,7 @@ def encode(params: ParamsOption = Path("params.yaml"), set_: SetOption = None, w
 @user_errors
 def train(
     variant: VariantOption,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
     resume: Annotated[bool, typer.Option(help="Continue from the variant's last checkpoint.")] = False,
     progress: ProgressOption = True,
@@ -184,16 +184,15 @@ DeviceOption = Annotated[
 @app.command()
 @user_errors
 def export(
-    variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False
+    variant: VariantOption, params: ParamsOption = DEFAULT_PARAMS, set_: SetOption = None, wait: WaitOption = False
 ) -> None:
     """Export one variant to models/<variant>/model.onnx; fails unless onnxruntime matches torch (parity)."""
-    from textrnn.export import onnx_path
     from textrnn.steps import export_step
 
     cfg = load_config(params, set_)
     report = export_step(cfg, variant, wait=wait)
     console.print(
-        f"{variant}: {onnx_path(cfg.paths.model_dir(variant))} (opset {report['opset']}), parity max |logit diff| "
+        f"{variant}: {cfg.paths.onnx_file(variant)} (opset {report['opset']}), parity max |logit diff| "
         f"{report['max_abs_diff']:.2e} over {len(report['shapes'])} shapes"
     )
 
@@ -202,7 +201,7 @@ def export(
 @user_errors
 def evaluate(
     variant: VariantOption,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
     device: DeviceOption = "auto",
     wait: WaitOption = False,
@@ -222,7 +221,7 @@ def evaluate(
 @app.command()
 @user_errors
 def register(
-    variant: VariantOption, params: ParamsOption = Path("params.yaml"), set_: SetOption = None, wait: WaitOption = False
+    variant: VariantOption, params: ParamsOption = DEFAULT_PARAMS, set_: SetOption = None, wait: WaitOption = False
 ) -> None:
     """Register the variant's exported, evaluated MLflow model as a version of registry.model_name."""
     from textrnn.steps import register_step
@@ -241,7 +240,7 @@ def register(
 @app.command()
 @user_errors
 def promote(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
     version: Annotated[
         list[str] | None,
@@ -287,7 +286,7 @@ def predict(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write JSONL predictions here.")] = None,
     device: DeviceOption = "auto",
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
     progress: ProgressOption = True,
 ) -> None:
@@ -316,7 +315,7 @@ def predict(
 
 @app.command()
 @user_errors
-def compare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) -> None:
+def compare(params: ParamsOption = DEFAULT_PARAMS, set_: SetOption = None) -> None:
     """Print the variants' results side by side (from metrics/<variant>/{train,eval}.json)."""
     from textrnn.report import comparison_rows
 
@@ -333,13 +332,7 @@ def compare(params: ParamsOption = Path("params.yaml"), set_: SetOption = None) 
 
 
 def _pipeline_flow():
-    """The `training_pipeline` Prefect flow. flows/ sits beside src/ in the checkout (it is what Prefect
-    deployments load), not inside the installed package, so the checkout's root goes on sys.path."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "flows" / "training.py").is_file():
-        raise TextrnnError(f"{root}: no flows/training.py; `textrnn pipeline` runs from a source checkout (make install)")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+    """The `training_pipeline` Prefect flow, from the `flows` package installed beside textrnn."""
     from flows.training import check_prefect_api, training_pipeline
 
     check_prefect_api()
@@ -367,7 +360,7 @@ def _print_pipeline(result: dict[str, Any]) -> None:
 @app.command()
 @user_errors
 def pipeline(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = DEFAULT_PARAMS,
     set_: SetOption = None,
     variants: Annotated[
         str | None, typer.Option("--variants", help="Comma-separated variants to train (default: all in params.yaml).")

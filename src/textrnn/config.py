@@ -7,21 +7,33 @@ is one line naming the file and the dotted key.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
-from textrnn.errors import TextrnnError
-
-DEFAULT_PARAMS = Path("params.yaml")
-
-
-class ConfigError(TextrnnError):
-    """A configuration problem, stated in one line that names the file and key."""
+from textrnn.filenames import (
+    BUCKETS_FILE,
+    CHECKPOINT_FILE,
+    CONFUSION_MATRIX_FILE,
+    EVAL_REPORT_FILE,
+    EXPORT_FAILURE_FILE,
+    EXPORT_REPORT_FILE,
+    LEARNING_CURVES_FILE,
+    LINEAGE_FILE,
+    MODEL_FILE,
+    ONNX_FILE,
+    PREDICTIONS_FILE,
+    PREPARED_REPORT_FILE,
+    PROMOTION_FILE,
+    RUN_RECORD_FILE,
+    TOKENIZER_FILE,
+    TRAIN_REPORT_FILE,
+    encoded_split_file,
+    prepared_split_file,
+)
+from textrnn.params_file import DEFAULT_PARAMS, ConfigError, apply_overrides, read_raw  # noqa: F401 (public here)
 
 
 def _not_a_bool(value: Any) -> Any:
@@ -48,7 +60,8 @@ class _Frozen(BaseModel):
 
 
 class PathsConfig(_Frozen):
-    """Output locations, relative to the working directory (see `problem` for what is allowed)."""
+    """Output locations, relative to the working directory (see `problem` for what is allowed), and
+    every output file in them."""
 
     prepared: Path = Path("data/prepared")
     encoded: Path = Path("data/encoded")
@@ -56,11 +69,6 @@ class PathsConfig(_Frozen):
     metrics: Path = Path("metrics")
     plots: Path = Path("plots")
     cache: Path = Path(".cache")
-
-    @property
-    def tokenizer(self) -> Path:
-        # Inside the encoded directory: ids and tokenizer are published in one atomic swap.
-        return self.encoded / "tokenizer.json"
 
     def resolved(self, root: Path) -> dict[str, Path]:
         """{key: absolute path} with symlinks followed, relative paths taken from `root`."""
@@ -91,18 +99,82 @@ class PathsConfig(_Frozen):
                     return f"paths.{inner}: {inner_at} lies inside paths.{outer} ({outer_at}); outputs must not nest"
         return None
 
+    # ---- prepare and encode
+    def prepared_split(self, split: str) -> Path:
+        return self.prepared / prepared_split_file(split)
+
+    @property
+    def prepared_report(self) -> Path:
+        return self.prepared / PREPARED_REPORT_FILE
+
+    def encoded_split(self, split: str) -> Path:
+        return self.encoded / encoded_split_file(split)
+
+    @property
+    def tokenizer(self) -> Path:
+        # Inside the encoded directory: ids and tokenizer are published in one atomic swap.
+        return self.encoded / TOKENIZER_FILE
+
+    @property
+    def buckets_report(self) -> Path:
+        return self.encoded / BUCKETS_FILE
+
+    @property
+    def encoded_lineage(self) -> Path:
+        return self.encoded / LINEAGE_FILE
+
+    # ---- each variant: train, export, evaluate
     def model_dir(self, variant: str) -> Path:
         return self.models / variant
 
+    def model_file(self, variant: str) -> Path:
+        return self.model_dir(variant) / MODEL_FILE
+
+    def checkpoint(self, variant: str) -> Path:
+        return self.model_dir(variant) / CHECKPOINT_FILE
+
     def run_record(self, variant: str) -> Path:
         """`models/<V>/mlflow_run.json`: the variant's MLflow run id (null when untracked), written by `train`."""
-        return self.model_dir(variant) / "mlflow_run.json"
+        return self.model_dir(variant) / RUN_RECORD_FILE
+
+    def onnx_file(self, variant: str) -> Path:
+        return self.model_dir(variant) / ONNX_FILE
+
+    def served_tokenizer(self, variant: str) -> Path:
+        """The copy of `tokenizer` that export bundles with the graph (the model directory is self-contained)."""
+        return self.model_dir(variant) / TOKENIZER_FILE
+
+    def export_report(self, variant: str) -> Path:
+        return self.model_dir(variant) / EXPORT_REPORT_FILE
+
+    def export_failure(self, variant: str) -> Path:
+        return self.model_dir(variant) / EXPORT_FAILURE_FILE
 
     def metrics_dir(self, variant: str) -> Path:
         return self.metrics / variant
 
+    def train_report(self, variant: str) -> Path:
+        return self.metrics_dir(variant) / TRAIN_REPORT_FILE
+
+    def eval_report(self, variant: str) -> Path:
+        return self.metrics_dir(variant) / EVAL_REPORT_FILE
+
     def plots_dir(self, variant: str) -> Path:
         return self.plots / variant
+
+    def predictions_file(self, variant: str) -> Path:
+        return self.plots_dir(variant) / PREDICTIONS_FILE
+
+    def confusion_matrix_plot(self, variant: str) -> Path:
+        return self.plots_dir(variant) / CONFUSION_MATRIX_FILE
+
+    def learning_curves_plot(self, variant: str) -> Path:
+        return self.plots_dir(variant) / LEARNING_CURVES_FILE
+
+    # ---- the pipeline
+    @property
+    def promotion_record(self) -> Path:
+        return self.metrics / PROMOTION_FILE
 
 
 class SampleConfig(_Frozen):
@@ -264,35 +336,6 @@ class Config(_Frozen):
             raise ConfigError(f"unknown variant '{name}' (known: {', '.join(self.variants)})") from None
 
 
-def parse_override(override: str) -> tuple[list[str], Any]:
-    """Split `dotted.key=value` into its key path and a YAML-typed value (as `dvc exp run -S` does)."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(f"bad override '{override}': expected dotted.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"bad override '{override}': value is not valid YAML") from None
-    return key.strip().split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `dotted.key=value` set; intermediate keys are created."""
-    merged = copy.deepcopy(raw)
-    for override in overrides:
-        path, value = parse_override(override)
-        node = merged
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"bad override '{override}': '{part}' is not a section")
-            node = child
-        node[path[-1]] = value
-    return merged
-
-
 def _first_error_line(source: str, error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
@@ -313,31 +356,6 @@ def from_dict(raw: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(_first_error_line(source, error)) from None
     cfg.check_paths(source=source)
     return cfg
-
-
-def read_raw(path: Path | str = DEFAULT_PARAMS) -> dict[str, Any]:
-    """The YAML mapping in `path` ({} for an empty file); raises ConfigError if missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: params file not found")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        line = error.object[: error.start].count(b"\n") + 1
-        raise ConfigError(f"{path}: line {line} is not valid UTF-8 (byte 0x{error.object[error.start]:02x})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return raw
 
 
 def load(path: Path | str = DEFAULT_PARAMS, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 
 from textrnn import csv_records, lineage, sample
 from textrnn.config import Config, DataConfig
+from textrnn.filenames import PREPARED_REPORT_FILE, prepared_split_file
 from textrnn.files import atomic_dir, write_json
 from textrnn.rows import DataError, Rows, parse_label  # noqa: F401 (DataError, parse_label: public here)
 from textrnn.text import normalize_text
@@ -322,7 +323,7 @@ def read_split(prepared_dir: Path, split: str) -> pd.DataFrame:
     """
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}' (expected one of {', '.join(SPLITS)})")
-    path = Path(prepared_dir) / f"{split}.parquet"
+    path = Path(prepared_dir) / prepared_split_file(split)
     if not path.is_file():
         raise DataError(f"{path}: prepared split not found (run `textrnn prepare` first)")
     try:
@@ -372,8 +373,8 @@ def prepare(cfg: Config) -> dict[str, Any]:
     report = build_report(cfg, splits, source_report)
     with atomic_dir(cfg.paths.prepared, key="prepared") as staging:
         for name, frame in splits.items():
-            write_split(frame, staging / f"{name}.parquet")
+            write_split(frame, staging / prepared_split_file(name))
         report["outputs"] = lineage.outputs(staging)  # what encode checks before it reads the splits
-        write_json(staging / "report.json", report)
+        write_json(staging / PREPARED_REPORT_FILE, report)
     logger.info("prepared %s", ", ".join(f"{name} {len(frame)}" for name, frame in splits.items()))
     return report

@@ -26,8 +26,7 @@ from textrnn.config import Config  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import atomic_path, read_json, write_json  # noqa: E402
 
-# export.py's file names (not imported: it loads torch and the ONNX exporter).
-ONNX_FILE, TOKENIZER_FILE, EXPORT_REPORT, EVAL_REPORT = "model.onnx", "tokenizer.json", "export.json", "eval.json"
+# textrnn.steps still imports these two names from here, until it reads `cfg.paths` (issue 13).
 
 if TYPE_CHECKING:
     from textrnn.inference import OnnxClassifier
@@ -104,13 +103,14 @@ def write_evaluation(cfg: Config, variant_name: str, labels: np.ndarray, probabi
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compute metrics, write eval.json and the plots; returns the eval.json payload."""
     report = {"variant": variant_name, **classification_metrics(labels, probabilities, cfg.data.classes), **(extra or {})}
-    plots = cfg.paths.plots_dir(variant_name)
-    _write_json(plots / "predictions.json", _prediction_records(labels, probabilities.argmax(axis=1), report["classes"]))
-    plot_confusion_matrix(report["confusion_matrix"], report["classes"], plots / "confusion_matrix.png")
-    train_summary = cfg.paths.metrics_dir(variant_name) / "train.json"
+    paths = cfg.paths
+    predictions = _prediction_records(labels, probabilities.argmax(axis=1), report["classes"])
+    _write_json(paths.predictions_file(variant_name), predictions)
+    plot_confusion_matrix(report["confusion_matrix"], report["classes"], paths.confusion_matrix_plot(variant_name))
+    train_summary = paths.train_report(variant_name)
     if train_summary.is_file():
-        plot_learning_curves(read_json(train_summary)["history"], variant_name, plots / "learning_curves.png")
-    _write_json(cfg.paths.metrics_dir(variant_name) / EVAL_REPORT, report)
+        plot_learning_curves(read_json(train_summary)["history"], variant_name, paths.learning_curves_plot(variant_name))
+    _write_json(paths.eval_report(variant_name), report)
     return report
 
 
@@ -139,24 +139,19 @@ def check_export(cfg: Config, variant_name: str) -> dict[str, Any]:
     """The variant's export.json, after checking that `model.onnx`, the bundled `tokenizer.json` and
     `model.pt` are the files it recorded. Raises TextrnnError when not exported, LineageError (naming
     both files) when one of them changed since."""
-    from textrnn.train import model_path
-
-    model_dir = cfg.paths.model_dir(variant_name)
-    report_file = model_dir / EXPORT_REPORT
-    if not report_file.is_file() or not (model_dir / ONNX_FILE).is_file():
-        raise TextrnnError(f"{model_dir}: no {ONNX_FILE} with its {EXPORT_REPORT} (run `textrnn export` first)")
+    paths = cfg.paths
+    report_file, onnx_file = paths.export_report(variant_name), paths.onnx_file(variant_name)
+    if not report_file.is_file() or not onnx_file.is_file():
+        raise TextrnnError(f"{paths.model_dir(variant_name)}: no {onnx_file.name} with its {report_file.name} "
+                           "(run `textrnn export` first)")
     try:
         report = read_json(report_file)
     except ValueError:
         raise lineage.LineageError(f"{report_file}: not valid JSON; run `textrnn export` again") from None
-    lineage.verify_digest(model_dir / ONNX_FILE, report.get("onnx_sha256"), report_file)
-    lineage.verify_digest(model_dir / TOKENIZER_FILE, report.get("tokenizer_sha256"), report_file)
-    lineage.verify_digest(model_path(cfg, variant_name), report.get("model_pt_sha256"), report_file)
+    lineage.verify_digest(onnx_file, report.get("onnx_sha256"), report_file)
+    lineage.verify_digest(paths.served_tokenizer(variant_name), report.get("tokenizer_sha256"), report_file)
+    lineage.verify_digest(paths.model_file(variant_name), report.get("model_pt_sha256"), report_file)
     return report
-
-
-def prepared_test_split(cfg: Config) -> Path:
-    return cfg.paths.prepared / "test.parquet"
 
 
 def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> dict[str, Any]:
@@ -173,10 +168,12 @@ def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> di
     cfg.variant(variant_name)  # fail on an unknown name before reading any file
     check_export(cfg, variant_name)
     check_test_split(cfg)
-    model_dir = cfg.paths.model_dir(variant_name)
-    scored = lineage.record([model_dir / ONNX_FILE, model_dir / TOKENIZER_FILE, prepared_test_split(cfg)],
-                            {"data": {"classes": list(cfg.data.classes)}})
-    classifier = OnnxClassifier.from_model_dir(model_dir, device=device)
+    paths = cfg.paths
+    scored = lineage.record(
+        [paths.onnx_file(variant_name), paths.served_tokenizer(variant_name), paths.prepared_split("test")],
+        {"data": {"classes": list(cfg.data.classes)}},
+    )
+    classifier = OnnxClassifier.from_model_dir(paths.model_dir(variant_name), device=device)
     if classifier.classes != list(cfg.data.classes):
         raise TextrnnError(
             f"{variant_name}: the exported model's classes {classifier.classes} are not data.classes "
@@ -197,14 +194,14 @@ def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> di
 def check_test_split(cfg: Config) -> None:
     """Raise LineageError unless the prepared test split is the one encode read (its sha256 among the
     inputs encode's lineage.json records), i.e. from the same preparation as the model's training data."""
-    record_file = cfg.paths.encoded / "lineage.json"  # tokens.LINEAGE_FILE (not imported: tokenizers)
+    record_file = cfg.paths.encoded_lineage
     if not record_file.is_file():
         raise lineage.LineageError(f"{record_file}: not found (made by an older textrnn?); re-run `textrnn encode`")
     try:
         inputs = read_json(record_file).get("inputs") or {}
     except (ValueError, AttributeError):
         raise lineage.LineageError(f"{record_file}: not a lineage record; re-run `textrnn encode`") from None
-    test_split = prepared_test_split(cfg)
+    test_split = cfg.paths.prepared_split("test")
     # Matched by file name: the record's keys are relative to the directory encode ran in.
     recorded = next((digest for key, digest in inputs.items() if Path(key).name == test_split.name), None)
     lineage.verify_digest(test_split, recorded, record_file)

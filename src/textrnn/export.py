@@ -31,7 +31,6 @@ import contextlib
 import json
 import math
 import shutil
-import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,12 +63,6 @@ EXPORT_EXAMPLE = (2, 5)
 PARITY_SHAPES = ((1, 1), (1, 37), (3, 9), (7, 23), (16, 64), (33, 200))
 PARITY_SEED = 1234
 
-_EXPORT_LOCK = threading.Lock()
-
-MODEL_FILE, TOKENIZER_FILE, REPORT_FILE = "model.onnx", "tokenizer.json", "export.json"
-FAILED_REPORT_FILE = "export.failed.json"  # what a failed export measured; never read by a later step
-
-
 class ExportError(TextrnnError):
     """The ONNX graph could not be produced, or does not compute what the torch model computes.
 
@@ -79,18 +72,6 @@ class ExportError(TextrnnError):
     def __init__(self, message: str, report: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.report = report or {}
-
-
-def onnx_path(model_dir: Path | str) -> Path:
-    return Path(model_dir) / MODEL_FILE
-
-
-def report_path(model_dir: Path | str) -> Path:
-    return Path(model_dir) / REPORT_FILE
-
-
-def failed_report_path(model_dir: Path | str) -> Path:
-    return Path(model_dir) / FAILED_REPORT_FILE
 
 
 def example_inputs(vocab_size: int, batch: int, seq: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,10 +147,9 @@ def write_onnx(model: TextRNN, path: Path, metadata: dict[str, str], opset: int 
     Raises ExportError if the exporter fails, the graph is invalid, or an input dim came out fixed.
     """
     try:
-        # torch.onnx.export keeps its state in module globals: two exports at once in one process (the
-        # Prefect flow's concurrent variants) corrupt each other, so exports take turns.
-        with _EXPORT_LOCK:
-            _trace_to_onnx(model, path, opset)
+        # torch.onnx.export keeps its state in module globals: one export per process at a time (every
+        # variant exports in a process of its own).
+        _trace_to_onnx(model, path, opset)
     except OSError:
         raise  # a full disk or read-only directory: the caller names the file
     except Exception as error:  # the exporter raises many types; the user needs one line
@@ -308,17 +288,17 @@ def _published_together(*targets: Path) -> Any:
         yield [temps[target] for target in targets]
 
 
-def _export_into(cfg: Config, variant_name: str, model_dir: Path) -> dict[str, Any]:
+def _export_into(cfg: Config, variant_name: str) -> dict[str, Any]:
     """Export and check the graph, then publish `model.onnx`, `tokenizer.json` and `export.json` together;
     return the passing report."""
     from textrnn.checkpoints import load_model, writing
-    from textrnn.train import model_path
 
-    source = model_path(cfg, variant_name)
+    paths = cfg.paths
+    source = paths.model_file(variant_name)
     model, classes = load_model(source)
-    model_record = _check_model_lineage(source, cfg.paths.tokenizer)
-    _check_tokenizer(cfg.paths.tokenizer, model.vocab_size)
-    tokenizer_sha256 = sha256_file(cfg.paths.tokenizer)
+    model_record = _check_model_lineage(source, paths.tokenizer)
+    _check_tokenizer(paths.tokenizer, model.vocab_size)
+    tokenizer_sha256 = sha256_file(paths.tokenizer)
     report: dict[str, Any] = {
         "variant": variant_name,
         "opset": ONNX_OPSET,
@@ -328,7 +308,7 @@ def _export_into(cfg: Config, variant_name: str, model_dir: Path) -> dict[str, A
         "model_pt_sha256": sha256_file(source),
         "tokenizer_sha256": tokenizer_sha256,
     }
-    targets = (onnx_path(model_dir), model_dir / TOKENIZER_FILE, report_path(model_dir))
+    targets = (paths.onnx_file(variant_name), paths.served_tokenizer(variant_name), paths.export_report(variant_name))
     with _published_together(*targets) as (onnx_tmp, tokenizer_tmp, report_tmp):
         with writing(targets[0]):
             report["graph_sha256"] = write_onnx(model, onnx_tmp, _graph_metadata(model, classes, variant_name, tokenizer_sha256))
@@ -337,13 +317,13 @@ def _export_into(cfg: Config, variant_name: str, model_dir: Path) -> dict[str, A
         if not report["passed"]:
             raise ExportError(
                 f"{variant_name}: ONNX parity failed (max |logit diff| {report['max_abs_diff']:.3g} > "
-                f"{report['tolerance']:.3g} or argmax differs); see {failed_report_path(model_dir)}",
+                f"{report['tolerance']:.3g} or argmax differs); see {paths.export_failure(variant_name)}",
                 report,
             )
         report["onnx_sha256"] = sha256_file(onnx_tmp)
         with writing(targets[1]):
-            shutil.copyfile(cfg.paths.tokenizer, tokenizer_tmp)
-        report["lineage"] = lineage.record([source, cfg.paths.tokenizer], model_record.get("config"))
+            shutil.copyfile(paths.tokenizer, tokenizer_tmp)
+        report["lineage"] = lineage.record([source, paths.tokenizer], model_record.get("config"))
         with writing(targets[2]):
             report_tmp.write_text(json.dumps(_json_safe(report), indent=2) + "\n", encoding="utf-8")
     return report
@@ -359,11 +339,10 @@ def export_variant(cfg: Config, variant_name: str) -> dict[str, Any]:
     the tokenizer is missing or unreadable.
     """
     cfg.variant(variant_name)  # fail on an unknown name before reading any file
-    model_dir = cfg.paths.model_dir(variant_name)
     try:
-        return _export_into(cfg, variant_name, model_dir)
+        return _export_into(cfg, variant_name)
     except ExportError as error:
         report = {"variant": variant_name, "opset": ONNX_OPSET, **error.report, "passed": False, "error": str(error)}
         with contextlib.suppress(OSError):  # a diagnostic: a full disk must not hide the real error
-            write_json(failed_report_path(model_dir), _json_safe(report))
+            write_json(cfg.paths.export_failure(variant_name), _json_safe(report))
         raise

@@ -35,6 +35,7 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from textrnn.filenames import ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import sha256_file  # noqa: E402
 from textrnn.onnx_graph import InferenceError, read_graph  # noqa: E402
@@ -234,10 +235,10 @@ class OnnxClassifier:
     def from_model_dir(cls, model_dir: Path | str, device: Device = "auto", **options) -> OnnxClassifier:
         """The classifier for a directory written by `textrnn export` (model.onnx + tokenizer.json)."""
         model_dir = Path(model_dir)
-        missing = [name for name in ("model.onnx", "tokenizer.json") if not (model_dir / name).is_file()]
+        missing = [name for name in (ONNX_FILE, TOKENIZER_FILE) if not (model_dir / name).is_file()]
         if missing:
             raise InferenceError(f"{model_dir}: no {' or '.join(missing)} (run `textrnn export` first)")
-        return cls(model_dir / "tokenizer.json", model_dir / "model.onnx", device=device, **options)
+        return cls(model_dir / TOKENIZER_FILE, model_dir / ONNX_FILE, device=device, **options)
 
     def _resolve_classes(self, classes: Sequence[str] | None, onnx_path: Path | str) -> list[str]:
         classes = list(classes) if classes is not None else _graph_classes(self.session)

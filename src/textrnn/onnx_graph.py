@@ -17,10 +17,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from textrnn.filenames import EXPORT_REPORT_FILE
 from textrnn.errors import TextrnnError
 
 GRAPH_SHA256_KEY = "textrnn.graph_sha256"
-EXPORT_REPORT = "export.json"
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {1: key, 2: value}
 
 
@@ -147,7 +147,7 @@ def verify_graph(onnx_file: Path | str, data: bytes) -> str:
                 "modified since); re-run `textrnn export`, or download the model again"
             )
         checks.append("graph_sha256")
-    report = onnx_file.parent / EXPORT_REPORT
+    report = onnx_file.parent / EXPORT_REPORT_FILE
     expected_file_sha = _recorded_file_sha256(report) if report.is_file() else None
     if expected_file_sha is not None:
         if hashlib.sha256(data).hexdigest() != expected_file_sha:
@@ -155,10 +155,10 @@ def verify_graph(onnx_file: Path | str, data: bytes) -> str:
                 f"{onnx_file}: sha256 differs from the onnx_sha256 in {report} (modified or replaced since export); "
                 "re-run `textrnn export`"
             )
-        checks.append(EXPORT_REPORT)
+        checks.append(EXPORT_REPORT_FILE)
     if not checks:
         raise InferenceError(
-            f"{onnx_file}: unverifiable graph (no {GRAPH_SHA256_KEY} in its metadata and no {EXPORT_REPORT} beside "
+            f"{onnx_file}: unverifiable graph (no {GRAPH_SHA256_KEY} in its metadata and no {EXPORT_REPORT_FILE} beside "
             "it recording its sha256); re-export it with `textrnn export`"
         )
     return "+".join(checks)

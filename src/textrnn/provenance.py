@@ -10,6 +10,7 @@ import importlib.metadata
 import json
 import os
 import subprocess
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from textrnn import lineage
@@ -49,16 +50,23 @@ def variant_params(cfg: Config, variant: str) -> dict[str, str]:
     }
 
 
+# The checkout the running code comes from (an editable install or a worker's checkout): its commit is the
+# code's, wherever the working directory is.
+CODE_DIR = Path(__file__).resolve().parent
+
+
 def _git(*args: str) -> str | None:
     try:
-        result = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False)
+        result = subprocess.run(["git", "-C", str(CODE_DIR), *args], capture_output=True, text=True, timeout=5,
+                                check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
 
 
 def git_tags() -> dict[str, str]:
-    """`git_commit` and `git_dirty` (tracked files changed) of the working directory; `unknown` outside git."""
+    """`git_commit` and `git_dirty` (tracked files changed) of the code that runs (`CODE_DIR`'s checkout);
+    `unknown` when it is not in a git checkout (an installed wheel)."""
     commit = _git("rev-parse", "HEAD")
     if not commit:
         return {"git_commit": "unknown", "git_dirty": "unknown"}
@@ -83,7 +91,7 @@ def split_digests(cfg: Config) -> dict[str, str]:
     """sha256 of each prepared split file (`data/prepared/<split>.parquet`) that exists."""
     digests = {}
     for split in SPLIT_CONTEXTS:
-        path = cfg.paths.prepared / f"{split}.parquet"
+        path = cfg.paths.prepared_split(split)
         if path.is_file():
             digests[split] = sha256_file(path)
     return digests
@@ -98,8 +106,14 @@ def data_sha256(cfg: Config) -> str:
     return hashlib.sha256(joined.encode()).hexdigest()
 
 
+def config_sha256(cfg: Config) -> str:
+    """One fingerprint of the resolved config: sha256 of its canonical JSON (keys sorted)."""
+    return hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
 def run_tags(cfg: Config) -> dict[str, str]:
-    """Tags every textrnn run carries: git state, data fingerprint, library versions, DVC experiment."""
+    """Tags every textrnn run carries: git state, data fingerprint, library versions, DVC experiment.
+    (A variant run logs the params it read; the pipeline's run also carries `config_sha256`.)"""
     tags = {
         **git_tags(),
         "data_sha256": data_sha256(cfg),

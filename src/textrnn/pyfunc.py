@@ -49,6 +49,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
 from mlflow.types import ColSpec, Schema  # noqa: E402
 from mlflow.types.schema import AnyType  # noqa: E402
 
+from textrnn.filenames import EXPORT_REPORT_FILE, ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
 
 TEXT_COLUMN = "text"
@@ -58,7 +59,7 @@ INFERENCE_DEVICE = "inference_device"  # the pyfunc's model_config key: auto | c
 INPUT_CONTRACT = "a required column 'text' of strings; other columns are ignored"
 # The pyfunc's artifacts: name -> file in the exported model directory (export.json lets a graph
 # exported before graphs carried their own sha256 still verify after download).
-ARTIFACT_FILES = {"onnx_model": "model.onnx", "tokenizer": "tokenizer.json", "export_report": "export.json"}
+ARTIFACT_FILES = {"onnx_model": ONNX_FILE, "tokenizer": TOKENIZER_FILE, "export_report": EXPORT_REPORT_FILE}
 _SHOWN_BAD_VALUES = 3
 
 

@@ -12,8 +12,7 @@ def comparison_rows(cfg: Config) -> list[dict[str, Any]]:
     """Rows for every configured variant that has an eval.json, best test accuracy first."""
     rows = []
     for name, variant in cfg.variants.items():
-        eval_path = cfg.paths.metrics_dir(name) / "eval.json"
-        train_path = cfg.paths.metrics_dir(name) / "train.json"
+        eval_path, train_path = cfg.paths.eval_report(name), cfg.paths.train_report(name)
         if not eval_path.is_file():
             continue
         evaluation = read_json(eval_path)

@@ -102,7 +102,7 @@ def export_step(cfg: Config, variant: str, wait: bool = False) -> dict[str, Any]
     export fails its check, the failure (export.failed.json) is logged, the run is marked FAILED and the
     ExportError propagates; other errors (say, no model.pt yet) leave the run alone.
     """
-    from textrnn.export import ExportError, export_variant, failed_report_path, report_path
+    from textrnn.export import ExportError, export_variant
 
     cfg.variant(variant)
     tracking = _tracking(cfg)
@@ -110,15 +110,14 @@ def export_step(cfg: Config, variant: str, wait: bool = False) -> dict[str, Any]
         if tracking is None:
             return export_variant(cfg, variant)
         tracking.connect(cfg)  # an unreachable server fails before the work, not after it
-        model_dir = cfg.paths.model_dir(variant)
         try:
             report = export_variant(cfg, variant)
         except ExportError as error:
             with tracking.variant_run(cfg, variant, stage="export"):
-                tracking.log_export({**error.report, "passed": False}, failed_report_path(model_dir))
+                tracking.log_export({**error.report, "passed": False}, cfg.paths.export_failure(variant))
                 raise  # inside the run: it ends FAILED
         with tracking.variant_run(cfg, variant, stage="export") as run_id:
-            tracking.log_export(report, report_path(model_dir))
+            tracking.log_export(report, cfg.paths.export_report(variant))
             model_id = tracking.log_model(cfg, variant)
     return {**report, "mlflow_run_id": run_id, "mlflow_model_id": model_id}
 
@@ -149,19 +148,18 @@ def verify_registrable(cfg: Config, variant: str) -> tuple[dict[str, Any], str]:
     export.json records, eval.json scored this model.onnx, and model.pt records its training config.
     Returns (model.pt's training config, model.onnx's sha256); raises LineageError naming both files."""
     from textrnn import lineage
-    from textrnn.evaluate import EVAL_REPORT, ONNX_FILE, check_export
+    from textrnn.evaluate import check_export
     from textrnn.files import read_json
     from textrnn.checkpoints import model_lineage
-    from textrnn.train import model_path
 
     export_report = check_export(cfg, variant)
-    eval_file = cfg.paths.metrics_dir(variant) / EVAL_REPORT
+    eval_file, model_file = cfg.paths.eval_report(variant), cfg.paths.model_file(variant)
     if not eval_file.is_file():
         raise lineage.LineageError(f"{eval_file}: not found (run `textrnn evaluate` first)")
-    lineage.verify_inputs(read_json(eval_file).get("lineage"), eval_file, only=[cfg.paths.model_dir(variant) / ONNX_FILE])
-    trained = model_lineage(model_path(cfg, variant)).get("config")
+    lineage.verify_inputs(read_json(eval_file).get("lineage"), eval_file, only=[cfg.paths.onnx_file(variant)])
+    trained = model_lineage(model_file).get("config")
     if not trained:
-        raise lineage.LineageError(f"{model_path(cfg, variant)}: records no training config (made by an older textrnn?); train again")
+        raise lineage.LineageError(f"{model_file}: records no training config (made by an older textrnn?); train again")
     return trained, export_report["onnx_sha256"]
 
 
@@ -192,7 +190,7 @@ def promote_step(cfg: Config, versions: Sequence[str] | None = None) -> dict[str
     from textrnn import registry
 
     decision = registry.promote(cfg, versions)
-    write_json(cfg.paths.metrics / "promotion.json", decision)
+    write_json(cfg.paths.promotion_record, decision)
     return decision
 
 

@@ -15,19 +15,18 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from textrnn import lineage
+from textrnn.config import Config
+from textrnn.filenames import (
+    BUCKETS_FILE, LINEAGE_FILE, PREPARED_REPORT_FILE, TOKENIZER_FILE, encoded_split_file, prepared_split_file,
+)
 from textrnn.errors import TextrnnError
 from textrnn.files import atomic_dir, atomic_path, read_json, write_json
 
-if TYPE_CHECKING:
-    from textrnn.config import Config
-
-TOKENIZER_FILE, BUCKETS_FILE, LINEAGE_FILE = "tokenizer.json", "buckets.json", "lineage.json"
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
 # The batch sizes the bucket report measures: fixed, not the variants' (train.json reports each
@@ -138,20 +137,21 @@ class EncodedSplit:
 
 
 def split_path(encoded_dir: Path, split: str) -> Path:
-    return Path(encoded_dir) / f"{split}.npz"
+    """An encoded split in `encoded_dir` (`paths.encoded`, or encode's staging directory)."""
+    return Path(encoded_dir) / encoded_split_file(split)
 
 
 def verify_prepared(prepared_dir: Path, splits: tuple[str, ...]) -> Path:
     """Check each prepared split file against the sha256 that `prepare` recorded in report.json (its
     `outputs`); returns the report's path. Raises LineageError naming both files on any difference."""
-    report_path = Path(prepared_dir) / "report.json"
+    report_path = Path(prepared_dir) / PREPARED_REPORT_FILE
     if not report_path.is_file():
         raise TextrnnError(f"{report_path}: not found (run `textrnn prepare` first)")
     try:
         recorded = read_json(report_path).get("outputs")
     except (ValueError, AttributeError):
         raise TextrnnError(f"{report_path}: not a prepare report (run `textrnn prepare` again)") from None
-    lineage.verify_outputs(prepared_dir, recorded, report_path, only=[f"{split}.parquet" for split in splits])
+    lineage.verify_outputs(prepared_dir, recorded, report_path, only=[prepared_split_file(split) for split in splits])
     return report_path
 
 
@@ -199,7 +199,7 @@ def encode(cfg: Config) -> dict:
             for size in REPORT_BATCH_SIZES
         ],
     }
-    record = lineage.record([Path(cfg.paths.prepared) / f"{split}.parquet" for split in SPLITS], encode_config(cfg))
+    record = lineage.record([cfg.paths.prepared_split(split) for split in SPLITS], encode_config(cfg))
     with atomic_dir(cfg.paths.encoded, key="encoded") as staging:
         for split, split_data in encoded.items():
             split_data.save(split_path(staging, split))

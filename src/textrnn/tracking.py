@@ -41,7 +41,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow  # noqa: E402
 import mlflow.pyfunc  # noqa: E402
@@ -49,18 +49,17 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from textrnn import runs, stopping  # noqa: E402
+from textrnn.config import Config  # noqa: E402
+from textrnn.filenames import ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.mlflow_connection import (  # noqa: E402, F401 (tracking_uri: public here)
     TrackingError, _one_line_errors, check_reachable, connect, tracking_uri,
 )
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import atomic_dir, read_json, sha256_file, write_json  # noqa: E402
 from textrnn.provenance import (  # noqa: E402
-    DVC_EXP_ENV, SPLIT_CONTEXTS, package_version, run_tags, shared_params, split_digests, variant_params,
+    DVC_EXP_ENV, SPLIT_CONTEXTS, config_sha256, package_version, run_tags, shared_params, split_digests, variant_params,
 )
 from textrnn.pyfunc import model_spec  # noqa: E402
-
-if TYPE_CHECKING:
-    from textrnn.config import Config
 
 log = logging.getLogger("textrnn")
 
@@ -73,14 +72,9 @@ DIGEST_CHARS = 32
 # ------------------------------------------------------------------------------------------- runs
 
 
-def run_file(cfg: Config, variant: str) -> Path:
-    """`models/<V>/mlflow_run.json`: the variant's run id, written by `train`, read by later stages."""
-    return cfg.paths.run_record(variant)
-
-
 def recorded_run(cfg: Config, variant: str) -> dict[str, str] | None:
     """The run recorded for `variant` on the current tracking URI, or None (no file, or another server)."""
-    path = run_file(cfg, variant)
+    path = cfg.paths.run_record(variant)  # written by `train`, read by the later stages
     if not path.is_file():
         return None
     record = read_json(path)
@@ -130,7 +124,9 @@ def start_pipeline_run(cfg: Config, name: str | None = None) -> str:
         run = client.create_run(
             experiment_id,
             run_name=name or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
-            tags={**run_tags(cfg), "run_kind": "pipeline", "variants": ",".join(cfg.variants)},
+            # The whole resolved config, as handed to every variant's flow run, by its fingerprint.
+            tags={**run_tags(cfg), "run_kind": "pipeline", "variants": ",".join(cfg.variants),
+                  "config_sha256": config_sha256(cfg)},
         )
         _log_params(client, run.info.run_id, shared_params(cfg))
     return run.info.run_id
@@ -187,7 +183,7 @@ def _create_variant_run(cfg: Config, variant: str, experiment_id: str, parent_ru
     _log_params(client, run.info.run_id, variant_params(cfg, variant))
     client.set_terminated(run.info.run_id)  # each stage reopens it; between stages it is at rest
     write_json(
-        run_file(cfg, variant),
+        cfg.paths.run_record(variant),
         {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri(),
          "parent_run_id": parent},
     )
@@ -243,7 +239,7 @@ def _dataset_input(cfg: Config, split: str, digest: str) -> None:
 
     from textrnn.data import read_split
 
-    path = cfg.paths.prepared / f"{split}.parquet"
+    path = cfg.paths.prepared_split(split)
     with warnings.catch_warnings():
         # A local path matches two registered source types that mean the same thing, and the int64
         # `label` column triggers a hint about missing values; neither applies to a prepared split.
@@ -294,7 +290,7 @@ def log_training_inputs(cfg: Config, variant: str) -> None:
     _log_params(MlflowClient(), mlflow.active_run().info.run_id, variant_params(cfg, variant))
     log_datasets(cfg, ["train", "val"])
     _log_artifact_if_exists(cfg.paths.tokenizer, "tokenizer")
-    _log_artifact_if_exists(cfg.paths.encoded / "buckets.json", "data")
+    _log_artifact_if_exists(cfg.paths.buckets_report, "data")
 
 
 @stopping.deferred()
@@ -318,7 +314,7 @@ def log_training_summary(cfg: Config, variant: str, summary: dict[str, Any]) -> 
         }
     )
     mlflow.set_tag("device", summary["device"])
-    _log_artifact_if_exists(cfg.paths.metrics_dir(variant) / "train.json", "metrics")
+    _log_artifact_if_exists(cfg.paths.train_report(variant), "metrics")
 
 
 @stopping.deferred()
@@ -339,9 +335,9 @@ def log_evaluation(cfg: Config, variant: str, report: dict[str, Any]) -> None:
     if report.get("provider"):
         mlflow.set_tag("onnx_provider", report["provider"])
     log_datasets(cfg, ["test"])
-    _log_artifact_if_exists(cfg.paths.metrics_dir(variant) / "eval.json", "metrics")
-    for plot in ("confusion_matrix.png", "learning_curves.png"):
-        _log_artifact_if_exists(cfg.paths.plots_dir(variant) / plot, "plots")
+    _log_artifact_if_exists(cfg.paths.eval_report(variant), "metrics")
+    for plot in (cfg.paths.confusion_matrix_plot(variant), cfg.paths.learning_curves_plot(variant)):
+        _log_artifact_if_exists(plot, "plots")
 
 
 @stopping.deferred()
@@ -386,7 +382,7 @@ def log_model(cfg: Config, variant: str) -> str:
     spec = model_spec(model_dir, classifier.classes, _example_texts(cfg))
     spec["metadata"]["variant"] = variant
     info = mlflow.pyfunc.log_model(name=MODEL_NAME, pip_requirements=pip_requirements(), **spec)
-    mlflow.set_tags({"model_id": info.model_id, "onnx_sha256": sha256_file(model_dir / "model.onnx")})
+    mlflow.set_tags({"model_id": info.model_id, "onnx_sha256": sha256_file(cfg.paths.onnx_file(variant))})
     return info.model_id
 
 
@@ -406,8 +402,8 @@ def download_model(model_uri: str, destination: Path | str) -> Path:
     with _one_line_errors(model_uri), atomic_dir(destination, key="cache") as staging:
         mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging))
     bundled = destination / "artifacts"
-    if not (bundled / "model.onnx").is_file() or not (bundled / "tokenizer.json").is_file():
-        raise TrackingError(f"{model_uri}: not a textrnn model (no artifacts/model.onnx and tokenizer.json)")
+    if not (bundled / ONNX_FILE).is_file() or not (bundled / TOKENIZER_FILE).is_file():
+        raise TrackingError(f"{model_uri}: not a textrnn model (no artifacts/{ONNX_FILE} and {TOKENIZER_FILE})")
     return bundled
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -46,20 +45,12 @@ from textrnn.files import read_json, sha256_file, write_json
 from textrnn.models import TextRNN, build_model
 from textrnn.optim import SplitAdam, clip_grad_norm, make_optimizer
 from textrnn.runtime import progress_bar, resolve_device, seed_everything
-from textrnn.tokens import LINEAGE_FILE, EncodedSplit, load_tokenizer, split_path
+from textrnn.tokens import EncodedSplit, load_tokenizer
 
 log = logging.getLogger("textrnn")
 
-_INIT_LOCK = threading.Lock()
-
 EpochCallback = Callable[[str, dict[str, float]], None]
 """Called after every epoch with (variant name, that epoch's metrics)."""
-
-MODEL_FILE, CHECKPOINT_FILE, TRAIN_REPORT = "model.pt", "checkpoint.pt", "train.json"
-# What later steps write for a variant (export.py, evaluate.py): a new training run clears them all.
-EXPORT_FILES = ("model.onnx", "export.json", "tokenizer.json", "export.failed.json")
-EVAL_FILES = ("eval.json",)
-PLOT_FILES = ("predictions.json", "confusion_matrix.png", "learning_curves.png")
 
 
 class TrainingDiverged(TextrnnError):
@@ -168,14 +159,6 @@ def _check_finite(what: str, value: float, where: str, cfg: Config, limit: float
         )
 
 
-def checkpoint_path(cfg: Config, variant_name: str) -> Path:
-    return cfg.paths.model_dir(variant_name) / CHECKPOINT_FILE
-
-
-def model_path(cfg: Config, variant_name: str) -> Path:
-    return cfg.paths.model_dir(variant_name) / MODEL_FILE
-
-
 # ------------------------------------------------------------------------------ inputs and outputs
 
 
@@ -196,7 +179,7 @@ def training_config(cfg: Config, variant_name: str) -> dict[str, Any]:
 
 def input_paths(cfg: Config) -> list[Path]:
     """The files training reads: the encoded train and val splits and the tokenizer."""
-    return [split_path(cfg.paths.encoded, "train"), split_path(cfg.paths.encoded, "val"), cfg.paths.tokenizer]
+    return [cfg.paths.encoded_split("train"), cfg.paths.encoded_split("val"), cfg.paths.tokenizer]
 
 
 def check_inputs(cfg: Config, variant_name: str) -> dict[str, Any]:
@@ -209,7 +192,7 @@ def check_inputs(cfg: Config, variant_name: str) -> dict[str, Any]:
     for path in input_paths(cfg):
         if not path.is_file():
             raise TextrnnError(f"{path}: not found (run `textrnn encode` first)")
-    record_file = cfg.paths.encoded / LINEAGE_FILE
+    record_file = cfg.paths.encoded_lineage
     if not record_file.is_file():
         raise lineage.LineageError(f"{record_file}: not found (made by an older textrnn?); re-run `textrnn encode`")
     try:
@@ -225,15 +208,16 @@ def variant_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run
     """Every file textrnn writes for the variant from training on: model.pt, the export (model.onnx,
     export.json, tokenizer.json), train.json, eval.json and the plots; checkpoint.pt unless `resume`,
     `mlflow_run.json` when `run_record`."""
-    model_dir, metrics, plots = (cfg.paths.model_dir(variant_name), cfg.paths.metrics_dir(variant_name),
-                                 cfg.paths.plots_dir(variant_name))
-    paths = [model_dir / MODEL_FILE, *(model_dir / name for name in EXPORT_FILES), metrics / TRAIN_REPORT,
-             *(metrics / name for name in EVAL_FILES), *(plots / name for name in PLOT_FILES)]
+    paths = cfg.paths
+    # model.pt, and what later steps make from it (export.py, evaluate.py): a new training run clears them all.
+    path_of = [paths.model_file, paths.onnx_file, paths.export_report, paths.served_tokenizer, paths.export_failure,
+               paths.train_report, paths.eval_report, paths.predictions_file, paths.confusion_matrix_plot,
+               paths.learning_curves_plot]
     if not resume:
-        paths.append(model_dir / CHECKPOINT_FILE)
+        path_of.append(paths.checkpoint)
     if run_record:
-        paths.append(cfg.paths.run_record(variant_name))
-    return paths
+        path_of.append(paths.run_record)
+    return [variant_path(variant_name) for variant_path in path_of]
 
 
 def clear_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run_record: bool = True) -> None:
@@ -246,7 +230,7 @@ def clear_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run_r
 
 def check_resume(cfg: Config, variant_name: str, record: dict[str, Any]) -> ResumePoint | None:
     """The variant's checkpoint validated against `record` (see `ResumePoint.load`), or None without one."""
-    path = checkpoint_path(cfg, variant_name)
+    path = cfg.paths.checkpoint(variant_name)
     return ResumePoint.load(path, record) if path.is_file() else None
 
 
@@ -278,15 +262,13 @@ def train_variant(
     clear_outputs(cfg, variant_name, resume=resume, run_record=False)
     variant = cfg.variant(variant_name)
     device = resolve_device(cfg.train.device)
-    train_split = EncodedSplit.load(split_path(cfg.paths.encoded, "train"))
-    val_split = EncodedSplit.load(split_path(cfg.paths.encoded, "val"))
+    train_split = EncodedSplit.load(cfg.paths.encoded_split("train"))
+    val_split = EncodedSplit.load(cfg.paths.encoded_split("val"))
     vocab_size = load_tokenizer(cfg.paths.tokenizer).get_vocab_size()
-    # Initial weights come from torch's global generator. Variants trained side by side in threads (the
-    # Prefect flow's local mode) would interleave their draws, so seeding and building are one critical
-    # section on a forked generator: a variant gets the same weights alone or next to others.
-    with _INIT_LOCK, torch.random.fork_rng():
-        seed_everything(cfg.seed, cfg.train.threads)
-        model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
+    # Initial weights come from torch's global generator, seeded here: each variant trains in a process
+    # of its own (the Prefect flow's local fan-out included), so nothing else draws from it meanwhile.
+    seed_everything(cfg.seed, cfg.train.threads)
+    model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
     optimizer = make_optimizer(model, cfg.train.learning_rate, cfg.train.sparse_embedding)
     sampler = BucketBatchSampler(
         train_split.texts.lengths, variant.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
@@ -295,7 +277,7 @@ def train_variant(
 
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "best_state": _plain_state(model.state_dict()), "wall_seconds": 0.0}
-    ckpt = checkpoint_path(cfg, variant_name)
+    ckpt = cfg.paths.checkpoint(variant_name)
     if resume_point is not None:
         state = resume_point.restore(model, optimizer)
         log.info("resume variant=%s after_epoch=%d", variant_name, state["epoch"])
@@ -345,7 +327,7 @@ def train_variant(
 def _publish(cfg: Config, variant_name: str, model: TextRNN, state: dict[str, Any], record: dict[str, Any],
              device: torch.device) -> dict[str, Any]:
     """Write model.pt (best epoch's weights) and train.json, both with the lineage record; return the summary."""
-    save_model(model, state["best_state"], cfg.data.classes, model_path(cfg, variant_name), record)
+    save_model(model, state["best_state"], cfg.data.classes, cfg.paths.model_file(variant_name), record)
     history = state["history"]
     summary = {
         "variant": variant_name,
@@ -360,10 +342,10 @@ def _publish(cfg: Config, variant_name: str, model: TextRNN, state: dict[str, An
         "padding_efficiency": float(np.mean([h["padding_efficiency"] for h in history])),
         "wall_seconds": state["wall_seconds"],
         "history": history,
-        "model_pt_sha256": sha256_file(model_path(cfg, variant_name)),
+        "model_pt_sha256": sha256_file(cfg.paths.model_file(variant_name)),
         "lineage": record,
     }
-    report = cfg.paths.metrics_dir(variant_name) / TRAIN_REPORT
+    report = cfg.paths.train_report(variant_name)
     with writing(report):
         write_json(report, summary)
     return summary

@@ -1,0 +1,99 @@
+"""A variant's row in the pipeline's comparison, read back from where its steps recorded it.
+
+Tracked, the row comes from MLflow, so it crosses machines the way the model does: the worker that ran the
+variant leaves one tag on the pipeline's parent run, `textrnn.result.<variant>`, naming the variant's run,
+its registered version and where it ran (`announce`); the pipeline, once every variant is done, reads
+those tags and builds each row from the named run's metrics and tags (`collect`). Nothing goes through
+Prefect's result storage or a shared disk. Untracked (one machine by definition), the row comes from the
+variant's report files (train.json, eval.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from textrnn.config import Config
+from textrnn.files import read_json
+
+RESULT_TAG_PREFIX = "textrnn.result."
+
+
+def attribution(variant: str, *, train_cached: bool, mlflow_run_id: str | None,
+                model_version: str | None) -> dict[str, Any]:
+    """Who ran `variant` and what it left: run, version, worker, host and pid."""
+    return {
+        "variant": variant,
+        "train_cached": train_cached,
+        "mlflow_run_id": mlflow_run_id,
+        "model_version": model_version,
+        "worker": os.environ.get("PREFECT__WORKER_NAME") or "local",  # a local fan-out runs no worker
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def announce(parent_run_id: str, attributed: dict[str, Any]) -> None:
+    """Tag the pipeline's parent run with the variant's attribution (called on the worker, once the
+    variant is registered)."""
+    from mlflow.tracking import MlflowClient
+
+    from textrnn import stopping
+
+    with stopping.deferred():
+        MlflowClient().set_tag(parent_run_id, RESULT_TAG_PREFIX + attributed["variant"], json.dumps(attributed))
+
+
+def _run_url(run: Any) -> str | None:
+    from textrnn.mlflow_connection import tracking_uri
+
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+
+
+def _tracked_row(attributed: dict[str, Any]) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().get_run(attributed["mlflow_run_id"])
+    metrics, tags = run.data.metrics, run.data.tags
+    return {
+        **attributed,
+        "test_accuracy": metrics.get("test_accuracy"),
+        "test_macro_f1": metrics.get("test_macro_f1"),
+        "inference_latency_ms_b1": metrics.get("inference_latency_ms_b1"),
+        "padding_efficiency": metrics.get("padding_efficiency"),  # the last epoch's
+        "epochs_run": int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
+        "provider": tags.get("onnx_provider"),
+        "device": tags.get("device"),
+        "mlflow_run_url": _run_url(run),
+    }
+
+
+def _local_row(cfg: Config, attributed: dict[str, Any]) -> dict[str, Any]:
+    evaluation = read_json(cfg.paths.eval_report(attributed["variant"]))
+    trained = read_json(cfg.paths.train_report(attributed["variant"]))
+    return {
+        **attributed,
+        **{key: evaluation.get(key) for key in ("test_accuracy", "test_macro_f1", "inference_latency_ms_b1",
+                                                "provider")},
+        **{key: trained.get(key) for key in ("padding_efficiency", "epochs_run", "device")},
+        "mlflow_run_url": None,
+    }
+
+
+def collect(cfg: Config, attributions: dict[str, dict[str, Any]], variants: Sequence[str],
+            parent_run_id: str | None) -> list[dict[str, Any]]:
+    """The rows of `variants`, in order. Tracked: each variant's attribution is the one its worker
+    announced on `parent_run_id` (MLflow); untracked: the one handed back in this process
+    (`attributions`), and the metrics come from the variant's report files."""
+    if not cfg.tracking.enabled or parent_run_id is None:
+        return [_local_row(cfg, attributions[name]) for name in variants]
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_run(parent_run_id).data.tags
+    return [_tracked_row(json.loads(tags[RESULT_TAG_PREFIX + name])) for name in variants]
