@@ -302,6 +302,13 @@ def parent_run_name() -> str:
     return f"pipeline {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC {commit}"
 
 
+def prefect_run_tags() -> dict[str, str]:
+    """Tags that link an MLflow run to the Prefect flow run it belongs to."""
+    from prefect.runtime import flow_run
+
+    return {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+
+
 def publish_comparison(rows: list[dict[str, Any]], promotion: dict[str, Any], failures: list[str]) -> None:
     create_markdown_artifact(
         comparison_markdown(rows, promotion, failures),
@@ -334,6 +341,7 @@ def training_pipeline(
         check_deployment(cfg)
         ensure_zombie_automation()  # crashed variant runs are detected, then resubmitted
     result = pipeline.run(cfg, names, PrefectSteps(), fan_out_over_prefect(allow_other_commit),
-                          parent_run_name=parent_run_name(), publish=publish_comparison)
+                          parent_run_name=parent_run_name(), parent_run_tags=prefect_run_tags(),
+                          publish=publish_comparison)
     get_run_logger().info("promotion: %s", result["promotion"]["reason"])
     return result

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,11 +140,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stack.prefect("work-pool", "create", pool, "--type", "process")
         for worker in GPU_WORKERS:
             stack.prefect("gcl", "create", f"gpu:{worker}", "--limit", "1")
-        # Flow runs work in a copy of the checkout's flows and params.yaml, as a worker does in its own checkout:
-        # textrnn writes only inside its working directory, and this test's outputs stay out of the repo.
         checkout = _checkout(root)
-        shutil.copytree(REPO_ROOT / "flows", checkout / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(REPO_ROOT / "params.yaml", checkout / "params.yaml")
+        copy_worker_checkout(checkout)
         stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(checkout))
         stack.start("cpu-worker", _worker_args("cpu", "cpu-worker"), CUDA_VISIBLE_DEVICES="")
         # Each GPU worker has its own environment, as on its own machine (no GPU here: none visible).
@@ -153,6 +151,29 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         stack.stop()
         mlflow.stop()
+
+
+def rows_from_mlflow(mlflow_url: str, flow_run_id: Any) -> dict[str, dict]:
+    """{variant: row} of the pipeline run of Prefect flow run `flow_run_id`, read from MLflow alone (the
+    pipeline's parent run carries the flow run's id and every variant's announced result)."""
+    from mlflow.tracking import MlflowClient
+
+    from textrnn.results import announced_rows
+
+    client = MlflowClient(mlflow_url)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    parents = client.search_runs(experiments, filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    assert len(parents) <= 1, [run.info.run_id for run in parents]
+    return announced_rows(parents[0].info.run_id, mlflow_url) if parents else {}
+
+
+def copy_worker_checkout(target: Path) -> None:
+    """What a worker's checkout gives its flow runs: flows/, params.yaml and dvc.yaml (which declares what
+    each step's cache key covers). Flow runs work there, as a worker does in its own checkout: textrnn
+    writes only inside its working directory, and the tests' outputs stay out of the repo."""
+    shutil.copytree(REPO_ROOT / "flows", target / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy2(REPO_ROOT / name, target / name)
 
 
 def _checkout(root: Path) -> Path:
@@ -214,8 +235,8 @@ def nightly(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> NightlyRu
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["variant-comparison"]))
         )
-        # Each variant flow's return value: its comparison row.
-        rows = {run.name: run.state.result() for run in variant_runs if run.state.is_completed()}
+    # The rows as the pipeline collects them: from MLflow, not from the variant flow runs' results.
+    rows = {f"train-{variant}": row for variant, row in rows_from_mlflow(stack.mlflow_url, flow_run.id).items()}
     return NightlyRun(flow_run=flow_run, variant_runs={run.name: run for run in variant_runs}, rows=rows,
                       artifact_markdown=artifacts[0].data if artifacts else "")
 

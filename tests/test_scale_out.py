@@ -33,7 +33,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -62,6 +61,8 @@ from test_prefect_integration import (
     _pipeline_overrides,
     _wait_for_http,
     _worker_args,
+    copy_worker_checkout,
+    rows_from_mlflow,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.scale_out]
@@ -225,11 +226,8 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOutStack]:
             stack.prefect("work-pool", "create", pool, "--type", "process")
         for worker in GPU_WORKERS:
             stack.prefect("gcl", "create", f"gpu:{worker}", "--limit", "1")
-        # Flow runs work in a copy of the checkout's flows and params.yaml, as workers do in theirs (the image's
-        # /app): textrnn writes only inside its working directory, and this test's outputs stay out of the repo.
-        workdir = root / "checkout"
-        shutil.copytree(REPO_ROOT / "flows", workdir / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(REPO_ROOT / "params.yaml", workdir / "params.yaml")
+        workdir = root / "checkout"  # as workers have theirs (the image's /app)
+        copy_worker_checkout(workdir)
         stack.prefect("deploy", "--all", cwd=REPO_ROOT, TEXTRNN_HOME=str(workdir))
         # The zombie automation (the pipeline creates it when missing), then this test's shorter window.
         _run_python(stack, "-m", "flows.resilience")
@@ -345,8 +343,8 @@ def _finish(client: Any, team: ScaleOutStack, name: str, timeout_s: float,
         pipeline = _pipeline_run(client, name)
         if pipeline is not None and pipeline.state is not None and pipeline.state.is_final():
             variant_runs = [run for run in _variant_runs(client, pipeline.id) if run.name.startswith("train-")]
-            rows = {run.state.result()["variant"]: run.state.result()
-                    for run in variant_runs if run.state.is_completed()}
+            with _mlflow_client(team):  # signed in: the rows come from MLflow, as the pipeline reads them
+                rows = rows_from_mlflow(team.mlflow.url, pipeline.id)
             return PipelineRun(flow_run=pipeline, variant_runs=variant_runs, rows=rows)
         if pipeline is not None and on_poll is not None:
             on_poll(client, pipeline)

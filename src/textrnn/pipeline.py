@@ -75,8 +75,8 @@ def run_variant(cfg: Config, variant: str, how: Steps, parent_run_id: str | None
 Publish = Callable[[list[dict[str, Any]], dict[str, Any], list[str]], None]
 
 
-def run(cfg: Config, variants: Sequence[str], how: Steps, fan_out: FanOut,
-        parent_run_name: str | None = None, publish: Publish | None = None) -> dict[str, Any]:
+def run(cfg: Config, variants: Sequence[str], how: Steps, fan_out: FanOut, parent_run_name: str | None = None,
+        parent_run_tags: dict[str, str] | None = None, publish: Publish | None = None) -> dict[str, Any]:
     """The pipeline: the data, every variant (through `fan_out`), the rows, the promotion, the comparison.
 
     Returns {variants: rows, promotion, mlflow_parent_run_id}. When a variant fails the others still
@@ -84,7 +84,7 @@ def run(cfg: Config, variants: Sequence[str], how: Steps, fan_out: FanOut,
     variant (the parent MLflow run ends FAILED)."""
     how.prepare(cfg)
     how.encode(cfg)
-    with steps.pipeline_run(cfg, parent_run_name if cfg.tracking.enabled else None) as parent_run_id:
+    with steps.pipeline_run(cfg, parent_run_name, parent_run_tags) as parent_run_id:
         attributions, failures = fan_out(cfg, variants, parent_run_id)
         finished = [name for name in variants if name in attributions]
         rows = results.collect(cfg, attributions, finished, parent_run_id)

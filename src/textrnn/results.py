@@ -47,20 +47,11 @@ def announce(parent_run_id: str, attributed: dict[str, Any]) -> None:
         MlflowClient().set_tag(parent_run_id, RESULT_TAG_PREFIX + attributed["variant"], json.dumps(attributed))
 
 
-def _run_url(run: Any) -> str | None:
-    from textrnn.mlflow_connection import tracking_uri
-
-    uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return None
-    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-
-
-def _tracked_row(attributed: dict[str, Any]) -> dict[str, Any]:
-    from mlflow.tracking import MlflowClient
-
-    run = MlflowClient().get_run(attributed["mlflow_run_id"])
+def _tracked_row(client: Any, uri: str, attributed: dict[str, Any]) -> dict[str, Any]:
+    run = client.get_run(attributed["mlflow_run_id"])
     metrics, tags = run.data.metrics, run.data.tags
+    url = (f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+           if uri.startswith(("http://", "https://")) else None)
     return {
         **attributed,
         "test_accuracy": metrics.get("test_accuracy"),
@@ -70,8 +61,22 @@ def _tracked_row(attributed: dict[str, Any]) -> dict[str, Any]:
         "epochs_run": int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
         "provider": tags.get("onnx_provider"),
         "device": tags.get("device"),
-        "mlflow_run_url": _run_url(run),
+        "mlflow_run_url": url,
     }
+
+
+def announced_rows(parent_run_id: str, tracking_uri: str | None = None) -> dict[str, dict[str, Any]]:
+    """{variant: row} for every variant announced on pipeline run `parent_run_id`, read from MLflow (at
+    `tracking_uri`, default: the current one) alone."""
+    from mlflow.tracking import MlflowClient
+
+    from textrnn.mlflow_connection import tracking_uri as current_uri
+
+    uri = tracking_uri or current_uri()
+    client = MlflowClient(uri)
+    tags = client.get_run(parent_run_id).data.tags
+    return {key.removeprefix(RESULT_TAG_PREFIX): _tracked_row(client, uri, json.loads(value))
+            for key, value in sorted(tags.items()) if key.startswith(RESULT_TAG_PREFIX)}
 
 
 def _local_row(cfg: Config, attributed: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +98,5 @@ def collect(cfg: Config, attributions: dict[str, dict[str, Any]], variants: Sequ
     (`attributions`), and the metrics come from the variant's report files."""
     if not cfg.tracking.enabled or parent_run_id is None:
         return [_local_row(cfg, attributions[name]) for name in variants]
-    from mlflow.tracking import MlflowClient
-
-    tags = MlflowClient().get_run(parent_run_id).data.tags
-    return [_tracked_row(json.loads(tags[RESULT_TAG_PREFIX + name])) for name in variants]
+    announced = announced_rows(parent_run_id)
+    return [announced[name] for name in variants]

@@ -205,7 +205,7 @@ def close_stale_runs(cfg: Config, variants: Sequence[str] | None = None) -> list
 
 
 @contextlib.contextmanager
-def pipeline_run(cfg: Config, name: str | None = None) -> Iterator[str | None]:
+def pipeline_run(cfg: Config, name: str | None = None, tags: dict[str, str] | None = None) -> Iterator[str | None]:
     """One parent MLflow run around a whole pipeline invocation; yields its id (None when untracked).
 
     While the block runs, `TEXTRNN_MLFLOW_PARENT_RUN_ID` holds the id, so variant runs started by this
@@ -218,7 +218,7 @@ def pipeline_run(cfg: Config, name: str | None = None) -> Iterator[str | None]:
         return
     from textrnn import runs
 
-    run_id = tracking.start_pipeline_run(cfg, name)
+    run_id = tracking.start_pipeline_run(cfg, name, tags)
     previous = os.environ.get(tracking.PARENT_RUN_ENV)
     os.environ[tracking.PARENT_RUN_ENV] = run_id
     status = runs.FAILED

@@ -116,8 +116,9 @@ def kill_orphaned_runs(parent_run_id: str, variant: str) -> list[str]:
 
 
 @stopping.deferred()
-def start_pipeline_run(cfg: Config, name: str | None = None) -> str:
-    """Create the parent run of one pipeline invocation and return its id (finish it with `end_pipeline_run`)."""
+def start_pipeline_run(cfg: Config, name: str | None = None, tags: dict[str, str] | None = None) -> str:
+    """Create the parent run of one pipeline invocation, with extra `tags` (e.g. the orchestrator's run id),
+    and return its id (finish it with `end_pipeline_run`)."""
     experiment_id = connect(cfg)
     client = MlflowClient()
     with _one_line_errors("start pipeline run"):
@@ -126,7 +127,7 @@ def start_pipeline_run(cfg: Config, name: str | None = None) -> str:
             run_name=name or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
             # The whole resolved config, as handed to every variant's flow run, by its fingerprint.
             tags={**run_tags(cfg), "run_kind": "pipeline", "variants": ",".join(cfg.variants),
-                  "config_sha256": config_sha256(cfg)},
+                  "config_sha256": config_sha256(cfg), **(tags or {})},
         )
         _log_params(client, run.info.run_id, shared_params(cfg))
     return run.info.run_id
