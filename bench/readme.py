@@ -138,10 +138,44 @@ def inference_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def concurrency_lines(report: dict[str, Any]) -> list[str]:
+    load = report["load_average_1min"]
+    lines = [
+        f"**Concurrency** (`bench/concurrency.py`; {machine_text(report['machine'])}; {report['data']}; "
+        f"{report['epochs']} epochs; {load_text(load['start'], load['end'])})."
+    ]
+    if "pipeline" in report:
+        pipe = report["pipeline"]
+        lines += [
+            "",
+            f"`textrnn pipeline` over {', '.join(report['variants'])} (tracking off), a process per variant, "
+            f"`train.threads` as shipped: {pipe['seconds_concurrency_1']:.0f} s at `orchestration.max_concurrency` 1, "
+            f"{pipe['seconds_concurrency_2']:.0f} s at 2 ({pipe['speedup']:.2f}x).",
+        ]
+    lines += [
+        "",
+        "Training samples/s (mean of the epochs after the first) idle and beside competing busy processes:",
+        "",
+        "| variant | competing | setup | idle | loaded | loaded / idle |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for r in report["under_load"]:
+        setups = [("ours", "ours as shipped (`train.threads` 1)"),
+                  (f"ours_{r['threads']}_threads", f"ours, {r['threads']} intra-op threads"),
+                  ("keras", f"Keras lesson model, {report['machine']['cores']} threads")]
+        for key, label in setups:
+            idle, loaded = r.get(f"{key}_idle"), r.get(f"{key}_loaded")
+            if idle and loaded:
+                lines.append(f"| {r['variant']} | {r['competing_processes']} | {label} | {idle:,.0f} | {loaded:,.0f} | "
+                             f"{loaded / idle:.2f} |")
+    return lines
+
+
 def block() -> str:
     """The generated Markdown between the markers."""
-    reports = {name: load(name) for name in ("compare", "train_throughput", "inference")}
-    renderers = {"compare": compare_tables, "train_throughput": bucketing_table, "inference": inference_table}
+    reports = {name: load(name) for name in ("compare", "train_throughput", "inference", "concurrency")}
+    renderers = {"compare": compare_tables, "train_throughput": bucketing_table, "inference": inference_table,
+                 "concurrency": concurrency_lines}
     sections = [renderers[name](report) if report else [f"`bench/results/{name}.json` is missing: run `make bench`."]
                 for name, report in reports.items()]
     if reports["compare"]:

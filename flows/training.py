@@ -190,7 +190,8 @@ def train_variant_flow(
 
 @task(name="variant", task_run_name="variant-{variant}", cache_policy=NO_CACHE)
 def run_variant_here(variant: str, parameters: dict[str, Any]) -> dict[str, Any]:
-    """Run the variant's flow in this process (a subflow run); returns its attribution."""
+    """Run the variant's flow as a subflow, in the process pool's process that runs this task; returns its
+    attribution."""
     return train_variant_flow(variant=variant, **parameters)
 
 
@@ -246,18 +247,6 @@ def check_deployment(cfg: Config) -> None:
         )
 
 
-def core_share(concurrency: int) -> int:
-    """The torch threads each of `concurrency` local variant processes gets: the cores, divided."""
-    return max(1, (os.cpu_count() or 1) // max(1, concurrency))
-
-
-def share_cores(threads: int) -> None:
-    """Initialise a variant process: `threads` torch threads (`train.threads`, when set, still wins)."""
-    import torch
-
-    torch.set_num_threads(threads)
-
-
 def fan_out_over_prefect(allow_other_commit: bool) -> pipeline.FanOut:
     """`textrnn.pipeline.FanOut` over Prefect: every variant's flow run, concurrently.
 
@@ -272,10 +261,9 @@ def fan_out_over_prefect(allow_other_commit: bool) -> pipeline.FanOut:
         width = len(names) if distributed else cfg.orchestration.max_concurrency
         parameters = {"config": cfg.model_dump(mode="json"), "parent_run_id": parent_run_id,
                       "code_commit": git_tags()["git_commit"], "allow_other_commit": allow_other_commit}
-        # Local variants run in processes of their own, each with its share of the cores: torch's
-        # intra-op threads collapse when several trainings oversubscribe them.
-        runner_for = ThreadPoolTaskRunner(max_workers=width) if distributed else ProcessPoolTaskRunner(
-            max_workers=width, initializer=share_cores, initargs=(core_share(width),))
+        # Local variants run in processes of their own (torch's exporter and RNG are per process), each
+        # training with `train.threads` threads (1 by default: see textrnn.config.TrainConfig).
+        runner_for = (ThreadPoolTaskRunner if distributed else ProcessPoolTaskRunner)(max_workers=width)
         with runner_for as runner:
             futures: dict[str, PrefectFuture] = {
                 name: runner.submit(run_variant, {"variant": name, "parameters": parameters}) for name in names

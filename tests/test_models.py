@@ -121,6 +121,7 @@ def first_token_accuracy(model: nn.Module) -> float:
         return (model(token_ids, lengths).argmax(1) == labels).float().mean().item()
 
 
+@pytest.mark.slow  # about a minute (600 training steps of a per-step Python loop); kept in `make test`
 def test_a_masked_simple_rnn_remembers_its_first_token_across_sixty_steps() -> None:
     """The recurrent initialisation keeps a plain tanh RNN's state and gradients alive along a row; with
     PyTorch's default init the same model and training stay near chance (0.25)."""
