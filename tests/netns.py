@@ -122,20 +122,34 @@ class Host:
                                            result.stderr.decode(errors="replace"))
 
 
+# Where the holder keeps `carry` mounts while it covers /tmp and `private` (both may hold them, e.g. a checkout
+# under /tmp): a tmpfs over one of these, in the host's mount namespace only, removed once they are moved back.
+HOLDING_DIRS = (Path("/mnt"), Path("/media"), Path("/srv"))
+
+
+def _holding_dir(private: Path, carry: Sequence[Path]) -> Path:
+    for candidate in HOLDING_DIRS:
+        if candidate.is_dir() and not any(path.is_relative_to(candidate) for path in (private, *carry)):
+            return candidate
+    raise RuntimeError(f"no directory to hold the carried mounts in (tried {', '.join(map(str, HOLDING_DIRS))})")
+
+
 def _holder_script(host: Host, private: Path, carry: Sequence[Path]) -> str:
     """The holder's shell: hostname, a private /tmp, a private tmpfs at `private` with `carry` bound back
     read-only, then it idles (the namespaces live as long as it does)."""
+    hold = _holding_dir(private, carry)
     lines = ["set -eu", f"hostname {shlex.quote(host.hostname)}",
-             f"mount -t tmpfs -o mode=1777 {shlex.quote(f'{host.netns}-tmp')} /tmp"]
-    kept = [(index, path) for index, path in enumerate(carry) if path.is_relative_to(private)]
-    for index, path in kept:  # held at /tmp while `private` is covered, then moved back into place
-        lines += [f"mkdir /tmp/.carry-{index}", f"mount --bind {shlex.quote(str(path))} /tmp/.carry-{index}"]
-    lines.append(f"mount -t tmpfs -o mode=0755 {shlex.quote(host.netns)} {shlex.quote(str(private))}")
-    for index, path in kept:
+             f"mount -t tmpfs -o mode=0700 {shlex.quote(f'{host.netns}-hold')} {hold}"]
+    for index, path in enumerate(carry):  # held aside while /tmp and `private` are covered, then moved back
+        lines += [f"mkdir {hold}/carry-{index}", f"mount --bind {shlex.quote(str(path))} {hold}/carry-{index}"]
+    lines += [f"mount -t tmpfs -o mode=1777 {shlex.quote(f'{host.netns}-tmp')} /tmp",
+              f"mkdir -p {shlex.quote(str(private))}",  # a checkout under /tmp is gone from the new /tmp
+              f"mount -t tmpfs -o mode=0755 {shlex.quote(host.netns)} {shlex.quote(str(private))}"]
+    for index, path in enumerate(carry):
         target = shlex.quote(str(path))
-        lines += [f"mkdir -p {target}", f"mount --move /tmp/.carry-{index} {target}",
-                  f"mount -o remount,bind,ro {target}", f"rmdir /tmp/.carry-{index}"]
-    lines += ["echo ready", "exec sleep infinity"]
+        lines += [f"mkdir -p {target}", f"mount --move {hold}/carry-{index} {target}",
+                  f"mount -o remount,bind,ro {target}"]
+    lines += [f"umount {hold}", "echo ready", "exec sleep infinity"]
     return "\n".join(lines)
 
 
