@@ -124,13 +124,16 @@ class Host:
 
 # Where the holder keeps `carry` mounts while it covers /tmp and `private` (both may hold them, e.g. a checkout
 # under /tmp): a tmpfs over one of these, in the host's mount namespace only, removed once they are moved back.
-HOLDING_DIRS = (Path("/mnt"), Path("/media"), Path("/srv"))
+HOLDING_DIRS = (Path("/media"), Path("/mnt"), Path("/srv"))
 
 
 def _holding_dir(private: Path, carry: Sequence[Path]) -> Path:
-    for candidate in HOLDING_DIRS:
-        if candidate.is_dir() and not any(path.is_relative_to(candidate) for path in (private, *carry)):
-            return candidate
+    """The first of HOLDING_DIRS that holds none of the paths, an empty one if there is one (it is hidden
+    in the host for a moment)."""
+    usable = [candidate for candidate in HOLDING_DIRS if candidate.is_dir()
+              and not any(path.is_relative_to(candidate) for path in (private, *carry))]
+    for candidate in sorted(usable, key=lambda candidate: any(candidate.iterdir())):
+        return candidate
     raise RuntimeError(f"no directory to hold the carried mounts in (tried {', '.join(map(str, HOLDING_DIRS))})")
 
 
