@@ -333,6 +333,8 @@ def test_pipeline_command_prints_the_comparison(scenario: Scenario) -> None:
     assert answer.exit_code == 0, answer.output
     assert "bag" in answer.output and "cached" in answer.output
     assert "not promoted: tracking.enabled is false" in answer.output
+    assert "ms b1: ONNX Runtime latency" in " ".join(answer.output.split()), "the headings are spelled out"
+    assert "Prefect: " in answer.output and "MLflow: " not in answer.output  # untracked: no MLflow run to show
 
 
 # --------------------------------------------------------------------------- guards, tracking

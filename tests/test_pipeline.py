@@ -97,6 +97,7 @@ def test_rows_come_from_mlflow_alone(tracked: Config) -> None:
     assert row["test_accuracy"] == variant_run.data.metrics["test_accuracy"]
     assert row["model_version"] is not None
     assert parent.data.tags["config_sha256"] == provenance.config_sha256(tracked)  # the config handed down
+    assert parent.data.metrics["test_accuracy/bag"] == parent.data.metrics["best_test_accuracy"] == row["test_accuracy"]
     for run in (parent, variant_run):  # which code, on every run
         assert run.data.tags["git_commit"] == provenance.git_tags()["git_commit"] != "unknown"
 

@@ -339,24 +339,6 @@ def _pipeline_flow():
     return training_pipeline
 
 
-def _print_pipeline(result: dict[str, Any]) -> None:
-    promotion = result["promotion"]
-    champion = promotion.get("champion_after")
-    table = Table(title="textrnn pipeline")
-    for column in ("variant", "acc", "F1", "ms b1", "pad", "ver", "champion", "train"):
-        table.add_column(column, justify="left" if column == "variant" else "right")
-    for row in sorted(result["variants"], key=lambda r: -r["test_accuracy"]):
-        table.add_row(
-            row["variant"], f"{row['test_accuracy']:.4f}", f"{row['test_macro_f1']:.4f}",
-            f"{row['inference_latency_ms_b1']:.2f}", f"{row['padding_efficiency']:.3f}", row.get("model_version") or "-",
-            "yes" if champion is not None and row.get("model_version") == champion else "",
-            "cached" if row["train_cached"] else "trained",
-        )
-    console.print(table)
-    outcome = "promoted" if promotion["promoted"] else "not promoted"
-    console.print(f"{outcome}: {promotion['reason']}")
-
-
 @app.command()
 @user_errors
 def pipeline(
@@ -374,7 +356,9 @@ def pipeline(
     for name in names or []:
         cfg.variant(name)
     training_pipeline = _pipeline_flow()
-    _print_pipeline(training_pipeline(params=str(params), variants=names, overrides=list(set_ or [])))
+    from textrnn.report import print_pipeline
+
+    print_pipeline(console, training_pipeline(params=str(params), variants=names, overrides=list(set_ or [])))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def tracking_uri(workdir: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or local_uri(workdir)
 
 
-def _redacted(uri: str) -> str:
+def redacted_uri(uri: str) -> str:
     """`uri` without a `user:password@` part, for messages."""
     parts = urllib.parse.urlsplit(uri)
     if parts.username is None and parts.password is None:
@@ -111,7 +111,7 @@ def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
     Any HTTP answer counts (an auth-enabled server's 401, a proxy's 404 still prove the host is there);
     only no answer at all fails. Credentials never reach the resolver or a message (`_probe_request`,
-    `_redacted`). Other URI schemes (sqlite, file, databricks) are not probed.
+    `redacted_uri`). Other URI schemes (sqlite, file, databricks) are not probed.
     """
     if not uri.startswith(("http://", "https://")):
         return
@@ -123,7 +123,7 @@ def check_reachable(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     except (urllib.error.URLError, OSError) as error:
         reason = redact_text(str(getattr(error, "reason", error)))
         raise TrackingError(
-            f"MLflow tracking server {_redacted(uri)} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
+            f"MLflow tracking server {redacted_uri(uri)} is unreachable ({reason}); start it, fix MLFLOW_TRACKING_URI, "
             "or unset it to log to ./mlflow.db (tracking.enabled=false turns tracking off)"
         ) from None
 
@@ -137,7 +137,7 @@ def connect(cfg: Config) -> str:
     uri = tracking_uri()
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
-    with _one_line_errors(f"MLflow at {_redacted(uri)}"), _first_use(cfg, uri):
+    with _one_line_errors(f"MLflow at {redacted_uri(uri)}"), _first_use(cfg, uri):
         client = MlflowClient(uri)  # opens the store: a sqlite one creates or migrates its schema here
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is not None:

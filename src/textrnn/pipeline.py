@@ -6,15 +6,16 @@
         train → export → evaluate                      holding the machine's device slot
         register                                       a version in the MLflow registry
         announce                                       its run and version, on the pipeline's MLflow run
-    collect the rows (from MLflow; untracked, from the report files)
+    collect the rows (from MLflow; untracked, from the report files), log them on the pipeline's run
     promote                                            `champion` moves only to a better version
 
 `run` and `run_variant` are that story over a `Steps` object that says how each step is carried out:
 `InProcess` below calls `textrnn.steps` directly (the benchmarks, and anyone scripting textrnn), and
 `flows/training.py` runs the same steps as cached Prefect tasks and fans the variants out over processes
-or a work pool. DVC's stages (dvc.yaml, generated from `textrnn.stages`) follow the same order through
-their declared inputs. The config is resolved once, by the caller, and handed down as a `Config`: a
-worker gets it as data (`Config.model_dump`), never by reading its own params.yaml.
+or a work pool. DVC's stages (dvc.yaml) follow the same order through their declared inputs, which are
+also what Prefect's cache keys are made of (flows/caching.py). The config is resolved once, by the
+caller, and handed down as a `Config`: a worker gets it as data (`Config.model_dump`), never by reading its
+own params.yaml.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def run(cfg: Config, variants: Sequence[str], how: Steps, fan_out: FanOut, paren
         attributions, failures = fan_out(cfg, variants, parent_run_id)
         finished = [name for name in variants if name in attributions]
         rows = results.collect(cfg, attributions, finished, parent_run_id)
+        if parent_run_id is not None and rows:
+            results.log_summary(parent_run_id, rows)
         if failures:
             promotion = {"promoted": False, "reason": "skipped: some variants failed"}
         else:

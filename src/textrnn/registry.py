@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from textrnn.promotion import candidate, decide_promotion
 from textrnn.provenance import flatten
-from textrnn.mlflow_connection import TrackingError, _one_line_errors, _redacted, connect, tracking_uri
+from textrnn.mlflow_connection import TrackingError, _one_line_errors, connect, redacted_uri, tracking_uri
 from textrnn.tracking import recorded_run
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def register_variant(cfg: Config, variant: str, trained_config: dict[str, Any] |
     connect(cfg)
     record = recorded_run(cfg, variant)
     if record is None:
-        where = _redacted(tracking_uri())
+        where = redacted_uri(tracking_uri())
         raise TrackingError(f"{variant}: no MLflow run on {where} (run `textrnn train` with tracking on)")
     client = MlflowClient()
     name = cfg.registry.model_name

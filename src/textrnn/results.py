@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,24 @@ def announce(parent_run_id: str, attributed: dict[str, Any]) -> None:
 
     with stopping.deferred():
         MlflowClient().set_tag(parent_run_id, RESULT_TAG_PREFIX + attributed["variant"], json.dumps(attributed))
+
+
+def log_summary(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """The comparison as metrics of the pipeline's parent run, so the MLflow UI's run list and charts show
+    something for it: `test_accuracy/<variant>` (and macro-F1) per variant and the best test accuracy."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from textrnn import stopping
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{key}/{row['variant']}", float(row[key]), now, 0)
+               for row in rows for key in ("test_accuracy", "test_macro_f1") if row.get(key) is not None]
+    scored = [row["test_accuracy"] for row in rows if row.get("test_accuracy") is not None]
+    if scored:
+        metrics.append(Metric("best_test_accuracy", float(max(scored)), now, 0))
+    with stopping.deferred():
+        MlflowClient().log_batch(parent_run_id, metrics=metrics)
 
 
 def _tracked_row(client: Any, uri: str, attributed: dict[str, Any]) -> dict[str, Any]:
