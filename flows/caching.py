@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,18 +29,20 @@ from typing import Any
 import yaml
 
 import textrnn
-from textrnn.config import DEFAULT_PARAMS, Config
+from textrnn.config import Config, PathsConfig
 from textrnn.files import read_json, sha256_file, write_json
 
 SOURCE_DIR = Path(textrnn.__file__).resolve().parent
-# dvc.yaml and params.yaml sit at the checkout's root, beside flows/ (a Prefect worker runs from a checkout).
-CHECKOUT = Path(__file__).resolve().parent.parent
-DVC_FILE, PARAMS_FILE = CHECKOUT / "dvc.yaml", CHECKOUT / DEFAULT_PARAMS
+# dvc.yaml sits at the checkout's root, beside flows/ (a Prefect worker runs from a checkout).
+DVC_FILE = Path(__file__).resolve().parent.parent / "dvc.yaml"
 CODE_PREFIX = "src/textrnn/"
 # Where a step's persisted results and cache records live, under the workspace's `paths.cache`.
 RESULTS_SUBDIR = "prefect-results"
-# A Prefect task's name -> the DVC stage that runs the same step (DVC's evaluate stage also registers).
-STAGE_OF = {"prepare": "prepare", "encode": "encode", "train": "train", "export": "export", "evaluate": "evaluate"}
+# The cached Prefect tasks; each is named after the DVC stage that runs the same step (DVC's `evaluate`
+# stage also registers: registering is never cached).
+CACHED_STEPS = ("prepare", "encode", "train", "export", "evaluate")
+# Where dvc.yaml writes its file deps and outs: the default `paths` (params.yaml states the same values).
+DEFAULT_PATHS = {key: str(value) for key, value in PathsConfig().model_dump().items()}
 
 
 @functools.cache
@@ -49,12 +50,6 @@ def dvc_stages() -> dict[str, dict[str, Any]]:
     """dvc.yaml's stages by name; a `foreach` stage as its `do` template (`${key}` is the variant)."""
     stages = yaml.safe_load(DVC_FILE.read_text(encoding="utf-8"))["stages"]
     return {name: stage["do"] if "foreach" in stage else stage for name, stage in stages.items()}
-
-
-@functools.cache
-def _default_paths() -> dict[str, str]:
-    """params.yaml's `paths`: the locations dvc.yaml's file deps and outs are written at."""
-    return yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))["paths"]
 
 
 def _entry_path(entry: str | dict[str, Any]) -> str:
@@ -65,7 +60,7 @@ def _configured(cfg: Config, written: str) -> Path:
     """A dvc.yaml path, written at the default `paths`, at this config's `paths` (the longest default
     that is a prefix wins: `data/encoded/tokenizer.json` is under `encoded`)."""
     best = None
-    for key, default in _default_paths().items():
+    for key, default in DEFAULT_PATHS.items():
         if written == default or written.startswith(default.rstrip("/") + "/"):
             if best is None or len(default) > len(best[1]):
                 best = (key, default)
@@ -82,27 +77,28 @@ def _stage_paths(cfg: Config, entries: list[Any], variant: str | None) -> tuple[
 
 def stage_modules(step: str) -> tuple[str, ...]:
     """The textrnn modules (`train`, `models`, ...) the step's DVC stage declares."""
-    deps = [_entry_path(dep) for dep in dvc_stages()[STAGE_OF[step]].get("deps", [])]
+    deps = [_entry_path(dep) for dep in dvc_stages()[step].get("deps", [])]
     return tuple(dep.removeprefix(CODE_PREFIX).removesuffix(".py") for dep in deps if dep.startswith(CODE_PREFIX))
 
 
 def stage_params(step: str, variant: str | None = None) -> tuple[str, ...]:
     """The params.yaml keys the step's DVC stage declares, for `variant`; plus `paths`, which DVC
     tracks as the locations of its deps and outs."""
-    declared = [_entry_path(key).replace("${key}", variant or "") for key in dvc_stages()[STAGE_OF[step]]["params"]]
+    declared = [_entry_path(key).replace("${key}", variant or "") for key in dvc_stages()[step]["params"]]
     return (*declared, "paths")
 
 
 def stage_inputs(cfg: Config, step: str, variant: str | None = None) -> tuple[Path, ...]:
     """The step's input files and directories (its DVC deps other than code), at this config's paths."""
-    deps = [dep for dep in dvc_stages()[STAGE_OF[step]].get("deps", []) if not _entry_path(dep).startswith(CODE_PREFIX)]
+    deps = [dep for dep in dvc_stages()[step].get("deps", []) if not _entry_path(dep).startswith(CODE_PREFIX)]
     return _stage_paths(cfg, deps, variant)
 
 
 def stage_outputs(cfg: Config, step: str, variant: str | None = None) -> tuple[Path, ...]:
     """The files the step writes (its DVC outs, metrics and plots), at this config's paths."""
-    stage = dvc_stages()[STAGE_OF[step]]
+    stage = dvc_stages()[step]
     return _stage_paths(cfg, [*stage.get("outs", []), *stage.get("metrics", []), *stage.get("plots", [])], variant)
+
 
 @dataclass(frozen=True)
 class StepFiles:
@@ -162,50 +158,29 @@ def _tracking_target(cfg: Config) -> dict[str, Any]:
     return {"tracking_uri": tracking_uri()}
 
 
-def step_files(cfg: Config, step: str, variant: str | None = None, **extra: Any) -> StepFiles:
-    """What `step` (for `variant`) reads and writes, from its DVC stage; `extra` joins the config part
-    of the key (e.g. the evaluation device)."""
+def step_files(cfg: Config, step: str, variant: str | None = None, device: str | None = None) -> StepFiles:
+    """What `step` (for `variant`; evaluated on `device`) reads and writes, from its DVC stage."""
     source_files = ()
     if step == "prepare":  # a csv/parquet source counts by content (DVC sees only its path, a param)
         source_files = tuple(Path(path) for path in (cfg.data.train_path, cfg.data.test_path) if path is not None)
     config = config_slice(cfg, step, variant)
     if variant is not None:
         config |= {"variant": variant, **_tracking_target(cfg)}
+    if device is not None:
+        config["device"] = device
     return StepFiles(
-        config={**config, **extra},
+        config=config,
         inputs=(*source_files, *stage_inputs(cfg, step, variant),
                 *(SOURCE_DIR / f"{module}.py" for module in stage_modules(step))),
         outputs=stage_outputs(cfg, step, variant),
     )
 
 
-def prepare_files(cfg: Config) -> StepFiles:
-    return step_files(cfg, "prepare")
-
-
-def encode_files(cfg: Config) -> StepFiles:
-    return step_files(cfg, "encode")
-
-
-def train_files(cfg: Config, variant: str) -> StepFiles:
-    return step_files(cfg, "train", variant)
-
-
-def export_files(cfg: Config, variant: str) -> StepFiles:
-    return step_files(cfg, "export", variant)
-
-
-def evaluate_files(cfg: Config, variant: str, device: str) -> StepFiles:
-    return step_files(cfg, "evaluate", variant, device=device)
-
-
-def cache_key_from(describe: Callable[..., StepFiles], *parameter_names: str) -> Callable[[Any, dict[str, Any]], str]:
-    """A Prefect `cache_key_fn` that describes the task's step from the named task parameters."""
-
-    def cache_key(context: Any, parameters: dict[str, Any]) -> str:
-        return describe(*(parameters[name] for name in parameter_names)).key(context.task.name)
-
-    return cache_key
+def step_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The Prefect `cache_key_fn` of every cached step task: `step_files` of the task's step, from its
+    `cfg` and (where it has them) `variant` and `device` parameters."""
+    step = context.task.name
+    return step_files(parameters["cfg"], step, parameters.get("variant"), parameters.get("device")).key(step)
 
 
 def result_storage(cfg: Config) -> Path:

@@ -17,42 +17,30 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import State
 from prefect.tasks import exponential_backoff
 
-from flows.caching import (
-    StepFiles,
-    cache_key_from,
-    encode_files,
-    evaluate_files,
-    export_files,
-    outputs_from,
-    prepare_files,
-    record_outputs,
-    result_storage,
-    stamp_file,
-    train_files,
-)
+from flows.caching import outputs_from, record_outputs, result_storage, stamp_file, step_cache_key, step_files
 from textrnn import steps
 from textrnn.config import Config
 
 # 10 s, 20 s, 40 s (+ jitter): long enough to ride out a server restart, short enough to fail the same hour.
 OUTSIDE_WORLD_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=10),
                          "retry_jitter_factor": 0.5}
-CACHED = {"persist_result": True, "result_serializer": "json"}
+# Cached on `flows.caching` keys, with JSON results persisted under the workspace.
+CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": step_cache_key}
 
 
-@task(name="prepare", task_run_name="prepare", cache_key_fn=cache_key_from(prepare_files, "cfg"), **CACHED)
+@task(name="prepare", task_run_name="prepare", **CACHED)
 def prepare(cfg: Config) -> dict[str, Any]:
     """Load, validate and split the source (`data/prepared/`); returns report.json's content."""
     return steps.prepare_step(cfg)
 
 
-@task(name="encode", task_run_name="encode", cache_key_fn=cache_key_from(encode_files, "cfg"), **CACHED)
+@task(name="encode", task_run_name="encode", **CACHED)
 def encode(cfg: Config) -> dict[str, Any]:
     """Fit the tokenizer on train and encode every split; returns the bucket report."""
     return steps.encode_step(cfg)
 
 
-@task(name="train", task_run_name="train-{variant}", cache_key_fn=cache_key_from(train_files, "cfg", "variant"),
-      **CACHED)
+@task(name="train", task_run_name="train-{variant}", **CACHED)
 def train(cfg: Config, variant: str, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train one variant; returns train.json's summary (+ `mlflow_run_id` when tracked).
 
@@ -61,15 +49,13 @@ def train(cfg: Config, variant: str, parent_run_id: str | None = None) -> dict[s
     return steps.train_step(cfg, variant, parent_run_id=parent_run_id)
 
 
-@task(name="export", task_run_name="export-{variant}", cache_key_fn=cache_key_from(export_files, "cfg", "variant"),
-      **CACHED)
+@task(name="export", task_run_name="export-{variant}", **CACHED)
 def export(cfg: Config, variant: str) -> dict[str, Any]:
     """Export one variant to ONNX with its parity check; returns export.json's content."""
     return steps.export_step(cfg, variant)
 
 
-@task(name="evaluate", task_run_name="evaluate-{variant}",
-      cache_key_fn=cache_key_from(evaluate_files, "cfg", "variant", "device"), **CACHED)
+@task(name="evaluate", task_run_name="evaluate-{variant}", **CACHED)
 def evaluate(cfg: Config, variant: str, device: str = "auto") -> dict[str, Any]:
     """Evaluate the exported variant on the test split; returns eval.json's content."""
     return steps.evaluate_step(cfg, variant, device=device)
@@ -87,10 +73,6 @@ def promote(cfg: Config, versions: Sequence[str] | None = None) -> dict[str, Any
     return steps.promote_step(cfg, versions)
 
 
-STEP_FILES = {"prepare": prepare_files, "encode": encode_files, "train": train_files, "export": export_files,
-              "evaluate": evaluate_files}
-
-
 def run_step(step: Task, cfg: Config, *args: Any, task_options: dict[str, Any] | None = None, **kwargs: Any) -> State:
     """Run a cached step task on (`cfg`, *args, **kwargs) and return its final state; raise if it failed.
 
@@ -99,11 +81,13 @@ def run_step(step: Task, cfg: Config, *args: Any, task_options: dict[str, Any] |
     step's outputs on disk are the ones its key produced (see `flows.caching`); otherwise the step
     runs and overwrites its cache record. `task_options` go to `Task.with_options` (e.g. retries).
     """
-    files: StepFiles = STEP_FILES[step.name](cfg, *args)
+    files = step_files(cfg, step.name, *args)
     key = files.key(step.name)
     stamp = stamp_file(cfg, "-".join([step.name, *map(str, args)]))
     configured = step.with_options(
-        result_storage=result_storage(cfg), refresh_cache=not outputs_from(stamp, key, files), **(task_options or {})
+        # The key just computed: the task's own cache_key_fn would hash the same inputs a second time.
+        cache_key_fn=lambda *_: key, result_storage=result_storage(cfg),
+        refresh_cache=not outputs_from(stamp, key, files), **(task_options or {}),
     )
     state = configured(cfg, *args, **kwargs, return_state=True)
     state.result()  # raises the step's own exception when it failed

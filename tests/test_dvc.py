@@ -363,10 +363,8 @@ def test_editing_a_module_reruns_the_same_steps_under_dvc_and_prefect(
     imported = imports_by_stage(project)
     monkeypatch.setattr(caching, "SOURCE_DIR", project.root / "src" / "textrnn")
     monkeypatch.setattr(caching, "DVC_FILE", project.root / "dvc.yaml")
-    monkeypatch.setattr(caching, "PARAMS_FILE", project.root / "params.yaml")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", project.env["MLFLOW_TRACKING_URI"])
     caching.dvc_stages.cache_clear()
-    caching._default_paths.cache_clear()
     monkeypatch.chdir(project.root)
     cfg = config.load(project.root / "params.yaml")
 
@@ -374,9 +372,9 @@ def test_editing_a_module_reruns_the_same_steps_under_dvc_and_prefect(
         keys = {}
         for name in stage_names():
             step, _, variant = name.partition("@")
-            if step in caching.STAGE_OF:
-                extra = {"device": "auto"} if step == "evaluate" else {}
-                keys[name] = caching.step_files(cfg, step, variant or None, **extra).key(step)
+            if step in caching.CACHED_STEPS:
+                device = "auto" if step == "evaluate" else None
+                keys[name] = caching.step_files(cfg, step, variant or None, device).key(step)
         return keys
 
     assert not json.loads(project.dvc("status", "--json")), "the copy must be up to date before the edits"

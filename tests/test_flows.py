@@ -38,10 +38,10 @@ STEPS = ("train", "export", "evaluate")
 
 def _keys(cfg: Config, variant: str = "gru") -> dict[str, str]:
     return {
-        "encode": caching.encode_files(cfg).key("encode"),
-        "train": caching.train_files(cfg, variant).key("train"),
-        "other_train": caching.train_files(cfg, "bag").key("train"),
-        "export": caching.export_files(cfg, variant).key("export"),
+        "encode": caching.step_files(cfg, "encode").key("encode"),
+        "train": caching.step_files(cfg, "train", variant).key("train"),
+        "other_train": caching.step_files(cfg, "train", "bag").key("train"),
+        "export": caching.step_files(cfg, "export", variant).key("export"),
     }
 
 
@@ -65,16 +65,16 @@ def test_encode_key_ignores_variants_and_export_key_follows_the_model(workspace:
     cfg = make_config(workspace)
     assert _keys(make_config(workspace, "variants.gru.batch_size=32"))["encode"] == _keys(cfg)["encode"]
     assert _keys(make_config(workspace, "tokenizer.max_len=64"))["encode"] != _keys(cfg)["encode"]
-    before = caching.export_files(cfg, "gru").key("export")
+    before = caching.step_files(cfg, "export", "gru").key("export")
     model = cfg.paths.model_dir("gru") / "model.pt"
     model.parent.mkdir(parents=True, exist_ok=True)
     model.write_bytes(b"a model")
-    assert caching.export_files(cfg, "gru").key("export") != before
+    assert caching.step_files(cfg, "export", "gru").key("export") != before
 
 
 def test_outputs_count_only_while_unchanged_since_their_key_wrote_them(workspace: Path) -> None:
     cfg = make_config(workspace)
-    files = caching.encode_files(cfg)
+    files = caching.step_files(cfg, "encode")
     key = files.key("encode")
     stamp = caching.stamp_file(cfg, "encode")
     assert not caching.outputs_from(stamp, key, files), "never stamped"
@@ -110,7 +110,7 @@ def test_every_step_key_covers_the_config_the_step_reads(tmp_path: Path, monkeyp
         "export": lambda c: steps.export_step(c, variant),
         "evaluate": lambda c: steps.evaluate_step(c, variant),
     }
-    assert set(calls) == set(caching.STAGE_OF)
+    assert set(calls) == set(caching.CACHED_STEPS)
     undeclared = []
     for step, call in calls.items():
         proxy, keys = recording(cfg)
