@@ -66,6 +66,13 @@ def log_summary(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
         MlflowClient().log_batch(parent_run_id, metrics=metrics)
 
 
+def _epoch_mean(client: Any, run_id: str, key: str) -> float | None:
+    """The mean over epochs of a per-epoch metric (each epoch's last value), as train.json's summary has it."""
+    by_epoch = {metric.step: metric.value for metric in sorted(client.get_metric_history(run_id, key),
+                                                                 key=lambda metric: metric.timestamp)}
+    return sum(by_epoch.values()) / len(by_epoch) if by_epoch else None
+
+
 def _tracked_row(client: Any, uri: str, attributed: dict[str, Any]) -> dict[str, Any]:
     run = client.get_run(attributed["mlflow_run_id"])
     metrics, tags = run.data.metrics, run.data.tags
@@ -76,7 +83,7 @@ def _tracked_row(client: Any, uri: str, attributed: dict[str, Any]) -> dict[str,
         "test_accuracy": metrics.get("test_accuracy"),
         "test_macro_f1": metrics.get("test_macro_f1"),
         "inference_latency_ms_b1": metrics.get("inference_latency_ms_b1"),
-        "padding_efficiency": metrics.get("padding_efficiency"),  # the last epoch's
+        "padding_efficiency": _epoch_mean(client, run.info.run_id, "padding_efficiency"),
         "epochs_run": int(metrics["epochs_run"]) if "epochs_run" in metrics else None,
         "provider": tags.get("onnx_provider"),
         "device": tags.get("device"),
