@@ -20,6 +20,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from textrnn import stopping
 from textrnn.promotion import candidate, decide_promotion
 from textrnn.provenance import flatten
 from textrnn.mlflow_connection import TrackingError, _one_line_errors, connect, redacted_uri, tracking_uri
@@ -56,6 +57,7 @@ def check_run_matches(run: Any, variant: str, trained_config: dict[str, Any] | N
         )
 
 
+@stopping.deferred()  # a stop signal waits for the registry writes (textrnn.stopping)
 def register_variant(cfg: Config, variant: str, trained_config: dict[str, Any] | None = None,
                      onnx_sha256: str | None = None) -> dict[str, Any]:
     """Register the variant's logged pyfunc as a version of `registry.model_name`, tagged with the
@@ -137,6 +139,7 @@ def current_champion(client: MlflowClient, name: str) -> Any | None:
         return None
 
 
+@stopping.deferred()
 def promote(cfg: Config, versions: Sequence[str] | None = None) -> dict[str, Any]:
     """Move alias `champion` of `registry.model_name` to the best candidate if it passes the gates.
 
