@@ -26,8 +26,6 @@ from textrnn.config import Config  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import atomic_path, read_json, write_json  # noqa: E402
 
-# textrnn.steps still imports these two names from here, until it reads `cfg.paths` (issue 13).
-
 if TYPE_CHECKING:
     from textrnn.inference import OnnxClassifier
 

@@ -35,8 +35,8 @@ os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from textrnn.filenames import ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
+from textrnn.filenames import ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.files import sha256_file  # noqa: E402
 from textrnn.onnx_graph import InferenceError, read_graph  # noqa: E402
 from textrnn.text import normalize_text  # noqa: E402

@@ -17,8 +17,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from textrnn.filenames import EXPORT_REPORT_FILE
 from textrnn.errors import TextrnnError
+from textrnn.filenames import EXPORT_REPORT_FILE
 
 GRAPH_SHA256_KEY = "textrnn.graph_sha256"
 _METADATA_PROPS_FIELD = 14  # ModelProto.metadata_props: repeated StringStringEntryProto {1: key, 2: value}

@@ -49,8 +49,8 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE  # noqa: E402
 from mlflow.types import ColSpec, Schema  # noqa: E402
 from mlflow.types.schema import AnyType  # noqa: E402
 
-from textrnn.filenames import EXPORT_REPORT_FILE, ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
+from textrnn.filenames import EXPORT_REPORT_FILE, ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 
 TEXT_COLUMN = "text"
 LABEL_COLUMN = "label"

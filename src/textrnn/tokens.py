@@ -21,10 +21,10 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 
 from textrnn import lineage
 from textrnn.config import Config
+from textrnn.errors import TextrnnError
 from textrnn.filenames import (
     BUCKETS_FILE, LINEAGE_FILE, PREPARED_REPORT_FILE, TOKENIZER_FILE, encoded_split_file, prepared_split_file,
 )
-from textrnn.errors import TextrnnError
 from textrnn.files import atomic_dir, atomic_path, read_json, write_json
 
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"
