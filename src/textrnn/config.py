@@ -238,9 +238,9 @@ class TrainConfig(_Frozen):
     sparse_embedding: Bool = True
     patience: Int = Field(2, ge=1, le=1_000_000)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # One intra-op thread per training process: these small models gain at most ~10% from a second one,
-    # and lose 20-80x when another process competes for the cores (bench/concurrency.py). Parallelism
-    # comes from variants training side by side in processes of their own. null: torch's default.
+    # One intra-op thread per training process: the LSTM is no faster with a second one on an idle machine
+    # and ~30x slower with it beside one busy process (bench/concurrency.py). Parallelism comes from
+    # variants training side by side in processes of their own. null: torch's default.
     threads: Int | None = Field(1, ge=1, le=4096)
 
 
