@@ -53,11 +53,14 @@ def test_a_signal_outside_a_deferred_block_is_raised_at_once(installed) -> None:
     assert caught.value.signum == signal.SIGTERM
 
 
-def test_a_deferred_block_without_a_signal_raises_nothing_and_leaves_nothing_pending(installed) -> None:
-    with stopping.deferred():
-        pass
-    with stopping.deferred():
-        pass  # a stale pending signal would be raised here
+def test_a_held_signal_is_raised_once_and_then_forgotten(installed) -> None:
+    with pytest.raises(Terminated):
+        with stopping.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+    ran = []
+    with stopping.deferred():  # a signal still pending from the block above would be raised again here
+        ran.append("quiet block")
+    assert ran == ["quiet block"]
 
 
 def test_the_deferred_decorator_returns_the_value(installed) -> None:

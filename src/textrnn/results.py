@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from textrnn import stopping
 from textrnn.config import Config
 from textrnn.files import read_json
 
@@ -42,8 +43,6 @@ def announce(parent_run_id: str, attributed: dict[str, Any]) -> None:
     variant is registered)."""
     from mlflow.tracking import MlflowClient
 
-    from textrnn import stopping
-
     with stopping.deferred():
         MlflowClient().set_tag(parent_run_id, RESULT_TAG_PREFIX + attributed["variant"], json.dumps(attributed))
 
@@ -53,8 +52,6 @@ def log_summary(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     something for it: `test_accuracy/<variant>` (and macro-F1) per variant and the best test accuracy."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
-
-    from textrnn import stopping
 
     now = int(time.time() * 1000)
     metrics = [Metric(f"{key}/{row['variant']}", float(row[key]), now, 0)
