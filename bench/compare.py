@@ -76,7 +76,7 @@ def check_same_architecture(overrides: list[str], variants: list[str]) -> None:
     cfg = config.load(PARAMS, overrides)
     for name in variants:
         lesson = asdict(LESSON_MODELS[name])
-        ours = cfg.variant(name).model_dump(include=set(lesson))
+        ours = cfg.variant(name).config.model_dump(include=set(lesson))
         if ours != lesson:
             raise SystemExit(f"variant {name}: params.yaml has {ours}, the lesson's model is {LESSON_MODELS[name]}")
 
@@ -154,7 +154,7 @@ def ours_child(args: argparse.Namespace) -> None:
     before = peak_rss_mb()["rss_mb"]
     enabled = "true" if args.batching == "bucketed" else "false"
     cfg = config.load(PARAMS, [*json.loads(args.child_overrides), f"buckets.enabled={enabled}"])
-    summary = train_variant(cfg, args.child_ours)
+    summary = train_variant(cfg, cfg.variant(args.child_ours))
     report = {"side": "ours", "variant": args.child_ours, "batching": args.batching, "history": summary["history"],
               "memory": {"before_import_rss_mb": before, "train_peak_rss_mb": peak_rss_mb()["peak_rss_mb"]}}
     if not args.no_inference:
@@ -169,7 +169,7 @@ def ours_inference(cfg, args: argparse.Namespace) -> dict[str, Any]:
     from textrnn.export import export_variant
     from textrnn.inference import CPU_PROVIDER, session_options
 
-    export = export_variant(cfg, args.child_ours)
+    export = export_variant(cfg, cfg.variant(args.child_ours))
     options = session_options(args.threads)
     options.inter_op_num_threads = 1  # sequential execution: the inter-op pool is unused anyway
     session = ort.InferenceSession(str(cfg.paths.onnx_file(args.child_ours)), sess_options=options,

@@ -78,7 +78,7 @@ def ours_samples_per_second(base: list[str], variant: str, threads: int | None) 
     """Mean training samples/s of the epochs after the first, with `threads` (None: as shipped)."""
     sets = [item for item in base if not item.startswith("train.threads=")]
     cfg = config.load(PARAMS, [*sets, *([f"train.threads={threads}"] if threads else [])])
-    history = train_variant(cfg, variant)["history"]
+    history = train_variant(cfg, cfg.variant(variant))["history"]
     later = history[1:] or history
     return sum(epoch["samples_per_second"] for epoch in later) / len(later)
 

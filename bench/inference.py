@@ -95,7 +95,7 @@ def runners(model: torch.nn.Module, session: ort.InferenceSession) -> dict[str, 
 def bench_variant(name: str, cfg: Config, encoded: EncodedTexts, texts: list[str], workdir: Path,
                   tokenizer_file: Path, args: argparse.Namespace, threads: int) -> dict:
     torch.manual_seed(0)
-    model = build_model(cfg.variant(name), args.vocab_size, len(cfg.data.classes)).eval()
+    model = build_model(cfg.variant(name).config, args.vocab_size, len(cfg.data.classes)).eval()
     onnx_file = workdir / f"{name}.onnx"
     write_onnx(model, onnx_file, {"textrnn.classes": json.dumps(list(cfg.data.classes))})
     parity = parity_check(model, onnx_file)

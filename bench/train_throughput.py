@@ -50,7 +50,7 @@ def measure(variants: list[str], base: list[str]) -> list[dict]:
             result["batch_size"] = cfg.variants[variant].batch_size
             # The fastest epoch after the first: the first pays one-time costs, and on a shared machine other
             # work only ever slows an epoch down.
-            history = train_variant(cfg, variant)["history"]
+            history = train_variant(cfg, cfg.variant(variant))["history"]
             best = max(history[1:] or history, key=lambda epoch: epoch["samples_per_second"])
             result[f"{name}_samples_per_second"] = best["samples_per_second"]
             result[f"{name}_padding_efficiency"] = best["padding_efficiency"]

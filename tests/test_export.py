@@ -35,9 +35,10 @@ def save_untrained(cfg: Config, variant_name: str, seed: int = 0) -> None:
     """models/<V>/model.pt for a freshly built model sized to the workspace's tokenizer."""
     torch.manual_seed(seed)
     vocab_size = load_tokenizer(cfg.paths.tokenizer).get_vocab_size()
-    model = build_model(cfg.variant(variant_name), vocab_size, len(cfg.data.classes))
+    model = build_model(cfg.variant(variant_name).config, vocab_size, len(cfg.data.classes))
     # With the lineage record training writes: export checks the tokenizer against it.
-    save_model(model, model.state_dict(), cfg.data.classes, cfg.paths.model_file(variant_name), check_inputs(cfg, variant_name))
+    record = check_inputs(cfg, cfg.variant(variant_name))
+    save_model(model, model.state_dict(), cfg.data.classes, cfg.paths.model_file(variant_name), record)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def exported(encoded_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     reports = {}
     for variant_name in VARIANTS:
         save_untrained(cfg, variant_name)
-        reports[variant_name] = export_variant(cfg, variant_name)
+        reports[variant_name] = export_variant(cfg, cfg.variant(variant_name))
     return cfg, reports
 
 
@@ -134,13 +135,13 @@ def _corrupting(write_onnx):
 def test_failed_parity_keeps_the_previous_export_and_reports_the_failure(workspace: Path, monkeypatch) -> None:
     cfg = make_config(workspace)
     save_untrained(cfg, "gru")
-    export_variant(cfg, "gru")  # a good export first: the failure must leave it exactly as it was
+    export_variant(cfg, cfg.variant("gru"))  # a good export first: the failure must leave it exactly as it was
     model_dir = cfg.paths.model_dir("gru")
     before = {name: (model_dir / name).read_bytes() for name in ("model.onnx", "export.json", "tokenizer.json")}
 
     monkeypatch.setattr(export, "write_onnx", _corrupting(export.write_onnx))
     with pytest.raises(ExportError, match="parity failed") as raised:
-        export_variant(cfg, "gru")
+        export_variant(cfg, cfg.variant("gru"))
 
     assert "\n" not in str(raised.value) and "export.failed.json" in str(raised.value)
     assert {name: (model_dir / name).read_bytes() for name in before} == before
@@ -156,7 +157,7 @@ def test_export_records_its_inputs_and_refuses_another_tokenizer(workspace: Path
 
     cfg = make_config(workspace)
     save_untrained(cfg, "bag")
-    report = export_variant(cfg, "bag")
+    report = export_variant(cfg, cfg.variant("bag"))
     model_pt = cfg.paths.model_file("bag")
     assert report["lineage"]["inputs"] == {"models/bag/model.pt": sha256_file(model_pt),
                                            "data/encoded/tokenizer.json": sha256_file(cfg.paths.tokenizer)}
@@ -165,7 +166,7 @@ def test_export_records_its_inputs_and_refuses_another_tokenizer(workspace: Path
     tokenizer = cfg.paths.tokenizer
     tokenizer.write_text(tokenizer.read_text().replace('"[UNK]"', '"[UNK]" ', 1))
     with pytest.raises(LineageError, match="tokenizer.json does not match .*models/bag/model.pt"):
-        export_variant(cfg, "bag")
+        export_variant(cfg, cfg.variant("bag"))
     assert (cfg.paths.model_dir("bag") / "model.onnx").read_bytes() == before
 
 
@@ -191,6 +192,6 @@ def test_compare_logits_counts_near_ties_apart_from_mismatches() -> None:
 def test_export_without_a_trained_model_is_one_clear_error(workspace: Path) -> None:
     cfg = make_config(workspace)
     with pytest.raises(TextrnnError, match="model not found"):
-        export_variant(cfg, "lstm")
+        export_variant(cfg, cfg.variant("lstm"))
     with pytest.raises(TextrnnError, match="unknown variant"):
-        export_variant(cfg, "nope")
+        export_variant(cfg, cfg.variant("nope"))

@@ -45,8 +45,8 @@ def trained(encoded_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     with contextlib.chdir(workdir):
         cfg = make_config(workdir, "train.epochs=1")
         for variant in VARIANTS:
-            train_variant(cfg, variant)
-            export_variant(cfg, variant)
+            train_variant(cfg, cfg.variant(variant))
+            export_variant(cfg, cfg.variant(variant))
     return workdir
 
 

@@ -54,8 +54,8 @@ def trained(encoded_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     with contextlib.chdir(workdir):
         cfg = make_config(workdir, "train.epochs=1")
         for variant in ("gru", "rnn"):
-            train_variant(cfg, variant)
-            export_variant(cfg, variant)
+            train_variant(cfg, cfg.variant(variant))
+            export_variant(cfg, cfg.variant(variant))
     return workdir, cfg
 
 
@@ -358,4 +358,5 @@ def test_evaluate_before_export_says_what_to_run(workspace: Path) -> None:
     from textrnn.evaluate import evaluate_variant
 
     with pytest.raises(TextrnnError, match="textrnn export"):
-        evaluate_variant(make_config(workspace), "lstm")
+        cfg = make_config(workspace)
+        evaluate_variant(cfg, cfg.variant("lstm"))

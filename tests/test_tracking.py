@@ -151,7 +151,7 @@ def test_every_variant_logs_the_same_metrics_params_and_tags(tracked: Tracked) -
         assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["test_accuracy"])
         assert run.data.metrics["onnx_parity_max_abs_diff"] <= 1e-5
         params = run.data.params
-        config = tracked.cfg.variant(variant)
+        config = tracked.cfg.variant(variant).config
         assert params["variant.name"] == variant and params["variant.cell"] == config.cell
         assert params["variant.hidden"] == str(config.hidden) and params["variant.batch_size"] == str(config.batch_size)
         assert params["train.epochs"] == "1" and params["data.source"] == "sample"

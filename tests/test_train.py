@@ -37,9 +37,9 @@ def behaviour_results(tmp_path_factory: pytest.TempPathFactory, encoded_sample: 
     cfg = make_config(workdir, *BEHAVIOUR)
     results = {}
     for variant in [*MASKED_RECURRENT, "bag"]:
-        train_variant(cfg, variant)
-        export_variant(cfg, variant)  # evaluation runs the shipped ONNX model
-        results[variant] = evaluate_variant(cfg, variant)["test_accuracy"]
+        train_variant(cfg, cfg.variant(variant))
+        export_variant(cfg, cfg.variant(variant))  # evaluation runs the shipped ONNX model
+        results[variant] = evaluate_variant(cfg, cfg.variant(variant))["test_accuracy"]
     return results
 
 
@@ -58,7 +58,7 @@ def test_bag_of_embeddings_cannot_see_order(behaviour_results: dict[str, float])
 
 def test_loss_goes_down_and_outputs_are_written(workspace: Path) -> None:
     cfg = make_config(workspace, "train.epochs=2")
-    summary = train_variant(cfg, "gru")
+    summary = train_variant(cfg, cfg.variant("gru"))
     history = summary["history"]
     assert history[1]["train_loss"] < history[0]["train_loss"]
     assert cfg.paths.model_file("gru").is_file() and cfg.paths.checkpoint("gru").is_file()
@@ -69,15 +69,16 @@ def test_loss_goes_down_and_outputs_are_written(workspace: Path) -> None:
 
 def test_epoch_callback_sees_every_epoch(workspace: Path) -> None:
     seen: list[tuple[str, int]] = []
-    train_variant(make_config(workspace, "train.epochs=2"), "bag", on_epoch=lambda v, m: seen.append((v, m["epoch"])))
+    cfg = make_config(workspace, "train.epochs=2")
+    train_variant(cfg, cfg.variant("bag"), on_epoch=lambda v, m: seen.append((v, m["epoch"])))
     assert seen == [("bag", 1), ("bag", 2)]
 
 
 def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> None:
     cfg = make_config(workspace, "train.epochs=2")
-    first = train_variant(cfg, "rnn_masked")
+    first = train_variant(cfg, cfg.variant("rnn_masked"))
     first_weights = torch.load(cfg.paths.model_file("rnn_masked"), weights_only=True)["state_dict"]
-    second = train_variant(cfg, "rnn_masked")
+    second = train_variant(cfg, cfg.variant("rnn_masked"))
     second_weights = torch.load(cfg.paths.model_file("rnn_masked"), weights_only=True)["state_dict"]
     strip = ("samples_per_second", "seconds")
     assert [{k: v for k, v in h.items() if k not in strip} for h in first["history"]] == [
@@ -95,7 +96,7 @@ def _train_command(workspace: Path, *extra: str) -> list[str]:
 
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: Path, tmp_path: Path) -> None:
     cfg = make_config(workspace, "train.epochs=4", "train.patience=10")
-    uninterrupted = train_variant(cfg, "lstm")
+    uninterrupted = train_variant(cfg, cfg.variant("lstm"))
     reference = torch.load(cfg.paths.model_file("lstm"), weights_only=True)["state_dict"]
     cfg.paths.model_file("lstm").unlink()
     cfg.paths.checkpoint("lstm").unlink()
@@ -126,30 +127,30 @@ def test_outputs_record_their_inputs_and_training_config(workspace: Path) -> Non
     from textrnn.train import training_config
 
     cfg = make_config(workspace, "train.epochs=1")
-    summary = train_variant(cfg, "bag")
+    summary = train_variant(cfg, cfg.variant("bag"))
     expected_inputs = {f"data/encoded/{name}": sha256_file(workspace / "data" / "encoded" / name)
                        for name in ("train.npz", "val.npz", "tokenizer.json")}
     for record in (summary["lineage"], torch.load(cfg.paths.model_file("bag"), weights_only=True)["lineage"],
                    torch.load(cfg.paths.checkpoint("bag"), weights_only=True)["lineage"]):
         assert record["inputs"] == expected_inputs
-        assert record["config"] == training_config(cfg, "bag")
+        assert record["config"] == training_config(cfg, cfg.variant("bag"))
     assert summary["model_pt_sha256"] == sha256_file(cfg.paths.model_file("bag"))
-    assert "device" not in training_config(cfg, "bag")["train"] and training_config(cfg, "bag")["variant"]["name"] == "bag"
+    assert "device" not in training_config(cfg, cfg.variant("bag"))["train"] and training_config(cfg, cfg.variant("bag"))["variant"]["name"] == "bag"
 
 
 def test_a_new_run_clears_the_variants_previous_outputs_first(workspace: Path) -> None:
     from textrnn.train import clear_outputs, variant_outputs
 
     cfg = make_config(workspace, "train.epochs=1")
-    outputs = variant_outputs(cfg, "gru")
+    outputs = variant_outputs(cfg, cfg.variant("gru"))
     for path in outputs:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("old")
     mine = cfg.paths.model_dir("gru") / "notes.txt"
     mine.write_text("a user's file")
-    clear_outputs(cfg, "gru", resume=True, run_record=False)
+    clear_outputs(cfg, cfg.variant("gru"), resume=True, run_record=False)
     assert cfg.paths.checkpoint("gru").exists() and (cfg.paths.model_dir("gru") / "mlflow_run.json").exists()
-    clear_outputs(cfg, "gru")
+    clear_outputs(cfg, cfg.variant("gru"))
     assert not [path for path in outputs if path.exists()] and mine.read_text() == "a user's file"
 
 
@@ -158,7 +159,7 @@ def test_divergence_is_caught_at_the_first_non_finite_loss(workspace: Path) -> N
 
     cfg = make_config(workspace, "train.epochs=1", "train.learning_rate=1e30")
     with pytest.raises(TrainingDiverged, match=r"lstm epoch 1/1, step \d+: loss is") as raised:
-        train_variant(cfg, "lstm")
+        train_variant(cfg, cfg.variant("lstm"))
     assert "\n" not in str(raised.value)
     assert not cfg.paths.model_file("lstm").exists()
 
@@ -168,9 +169,13 @@ def test_divergence_is_caught_at_the_first_non_finite_loss(workspace: Path) -> N
 def test_resume_refuses_each_kind_of_changed_training_key(workspace: Path, changed: str) -> None:
     from textrnn.checkpoints import CheckpointError
 
-    train_variant(make_config(workspace, "train.epochs=1"), "gru")
+    def train_gru(*overrides: str, resume: bool = False) -> None:
+        cfg = make_config(workspace, "train.epochs=1", *overrides)
+        train_variant(cfg, cfg.variant("gru"), resume=resume)
+
+    train_gru()
     key = changed.split("=")[0].replace("variants.gru.", "variant.")
     with pytest.raises(CheckpointError, match=f"cannot resume, the training config changed: {key}"):
-        train_variant(make_config(workspace, "train.epochs=1", changed), "gru", resume=True)
+        train_gru(changed, resume=True)
     # Device and thread count may change on resume: they do not change what is learnt.
-    train_variant(make_config(workspace, "train.epochs=1", "train.threads=2", "train.device=cpu"), "gru", resume=True)
+    train_gru("train.threads=2", "train.device=cpu", resume=True)

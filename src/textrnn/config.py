@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
@@ -262,6 +262,14 @@ class VariantConfig(_Frozen):
         return self
 
 
+class Variant(NamedTuple):
+    """A variant resolved once, at the edge (`Config.variant`): its name, which names its files and its
+    MLflow run, and its config. What lies below the steps takes one, so no name is looked up twice."""
+
+    name: str
+    config: VariantConfig
+
+
 def _default_variants() -> dict[str, VariantConfig]:
     return {
         "rnn": VariantConfig(cell="rnn", hidden=16, masked=False, batch_size=16),
@@ -331,10 +339,10 @@ class Config(_Frozen):
         if problem:
             raise ConfigError(f"{source}: {problem}")
 
-    def variant(self, name: str) -> VariantConfig:
-        """The named variant's config; raises ConfigError listing the known names."""
+    def variant(self, name: str) -> Variant:
+        """The named variant, resolved; raises ConfigError listing the known names."""
         try:
-            return self.variants[name]
+            return Variant(name, self.variants[name])
         except KeyError:
             raise ConfigError(f"unknown variant '{name}' (known: {', '.join(self.variants)})") from None
 

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support  # noqa: E402
 
 from textrnn import lineage  # noqa: E402
-from textrnn.config import Config  # noqa: E402
+from textrnn.config import Config, Variant  # noqa: E402
 from textrnn.errors import TextrnnError  # noqa: E402
 from textrnn.files import atomic_path, read_json, write_json  # noqa: E402
 
@@ -152,18 +152,18 @@ def check_export(cfg: Config, variant_name: str) -> dict[str, Any]:
     return report
 
 
-def evaluate_variant(cfg: Config, variant_name: str, device: str = "auto") -> dict[str, Any]:
+def evaluate_variant(cfg: Config, variant: Variant, device: str = "auto") -> dict[str, Any]:
     """Score the exported variant (`models/<V>/model.onnx`, through `OnnxClassifier`: the shipped model
     is the evaluated one) on the prepared test texts, and write its metrics and plots.
 
     eval.json also records the runtime, the onnxruntime provider that ran, the median batch-1 latency in
-    ms, and the lineage of what was scored. Raises TextrnnError when the variant is unknown or not
-    exported yet, LineageError when the export or the test split changed since (`check_export`).
+    ms, and the lineage of what was scored. Raises TextrnnError when the variant is not exported yet,
+    LineageError when the export or the test split changed since (`check_export`).
     """
     from textrnn.data import read_split
     from textrnn.inference import OnnxClassifier
 
-    cfg.variant(variant_name)  # fail on an unknown name before reading any file
+    variant_name = variant.name
     check_export(cfg, variant_name)
     check_test_split(cfg)
     paths = cfg.paths

@@ -44,7 +44,7 @@ from textrnn.inference import cpu_session  # isort: skip
 import onnxruntime as ort  # isort: skip
 
 from textrnn import lineage
-from textrnn.config import Config
+from textrnn.config import Config, Variant
 from textrnn.errors import TextrnnError
 from textrnn.files import atomic_path, sha256_file, write_json
 from textrnn.models import TextRNN
@@ -329,16 +329,16 @@ def _export_into(cfg: Config, variant_name: str) -> dict[str, Any]:
     return report
 
 
-def export_variant(cfg: Config, variant_name: str) -> dict[str, Any]:
+def export_variant(cfg: Config, variant: Variant) -> dict[str, Any]:
     """Export `models/<V>/model.pt` to `models/<V>/model.onnx` and check parity in onnxruntime.
 
     Returns the report also written to `models/<V>/export.json`. Raises ExportError when export or parity
     fails (the previous model.onnx, tokenizer.json and export.json stay as they were; what was measured
     goes to `export.failed.json`); OutputError when a file cannot be written; LineageError when the
-    tokenizer is not the one model.pt was trained with; TextrnnError when the variant, its `model.pt` or
+    tokenizer is not the one model.pt was trained with; TextrnnError when the variant's `model.pt` or
     the tokenizer is missing or unreadable.
     """
-    cfg.variant(variant_name)  # fail on an unknown name before reading any file
+    variant_name = variant.name
     try:
         return _export_into(cfg, variant_name)
     except ExportError as error:

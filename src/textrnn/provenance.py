@@ -17,7 +17,7 @@ from textrnn import lineage
 from textrnn.files import sha256_file
 
 if TYPE_CHECKING:
-    from textrnn.config import Config
+    from textrnn.config import Config, Variant
 
 DVC_EXP_ENV = "DVC_EXP_NAME"
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
@@ -41,12 +41,12 @@ def shared_params(cfg: Config) -> dict[str, str]:
     return flatten(raw)
 
 
-def variant_params(cfg: Config, variant: str) -> dict[str, str]:
+def variant_params(cfg: Config, variant: Variant) -> dict[str, str]:
     """The variant's full flattened config: `shared_params` plus `variant.name` and `variant.*`."""
     return {
         **shared_params(cfg),
-        "variant.name": variant,
-        **flatten(cfg.variant(variant).model_dump(mode="json"), "variant."),
+        "variant.name": variant.name,
+        **flatten(variant.config.model_dump(mode="json"), "variant."),
     }
 
 

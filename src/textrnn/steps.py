@@ -8,6 +8,9 @@ Run ids flow through files, not memory: `train_step` records the variant's run i
 `models/<V>/mlflow_run.json` and the later steps reopen it, so each step also works alone (a DVC stage,
 a CLI call, a Prefect task on another worker). See `textrnn.tracking` for the details.
 
+A variant step takes the variant's name and resolves it once (`Config.variant`: an unknown name is a
+ConfigError listing the known ones); what it calls below gets the resolved `Variant` or its name.
+
 One writer at a time: prepare and encode hold the `data` lock, and train, export, evaluate and register
 hold their variant's lock (`textrnn.locks`); a second writer fails at once naming the holder, or waits
 with `wait=True`. Inputs are verified before any MLflow run is opened or created, so a typo'd variant or
@@ -53,13 +56,13 @@ def encode_step(cfg: Config, wait: bool = False) -> dict[str, Any]:
 
 def train_step(
     cfg: Config,
-    variant: str,
+    name: str,
     resume: bool = False,
     parent_run_id: str | None = None,
     show_progress: bool = False,
     wait: bool = False,
 ) -> dict[str, Any]:
-    """Train `variant`; returns the train.json summary (+ `mlflow_run_id` when tracked).
+    """Train variant `name`; returns the train.json summary (+ `mlflow_run_id` when tracked).
 
     In order: the variant's lock; the inputs (and with `resume` the checkpoint) verified; a run a dead
     attempt left RUNNING marked KILLED; the variant's previous outputs and run record cleared; then the
@@ -71,18 +74,18 @@ def train_step(
     """
     from textrnn import train
 
-    cfg.variant(variant)
+    variant = cfg.variant(name)
     tracking = _tracking(cfg)
-    with locks.variant(cfg, variant, wait):
+    with locks.variant(cfg, name, wait):
         record = train.check_inputs(cfg, variant)
         if resume:
             train.check_resume(cfg, variant, record)
         if tracking is not None:
             tracking.connect(cfg)  # an unreachable server fails before anything is cleared
-            tracking.close_stale_run(cfg, variant)
+            tracking.close_stale_run(cfg, name)
         train.clear_outputs(cfg, variant, resume=resume, run_record=not resume)
         if tracking is None:
-            run_file = cfg.paths.run_record(variant)
+            run_file = cfg.paths.run_record(name)
             with train.writing(run_file):
                 write_json(run_file, {"run_id": None, "tracking_uri": None})
             return train.train_variant(cfg, variant, resume=resume, show_progress=show_progress)
@@ -90,12 +93,12 @@ def train_step(
             tracking.log_training_inputs(cfg, variant)
             summary = train.train_variant(cfg, variant, resume=resume, on_epoch=tracking.log_epoch,
                                           show_progress=show_progress)
-            tracking.log_training_summary(cfg, variant, summary)
+            tracking.log_training_summary(cfg, name, summary)
     return {**summary, "mlflow_run_id": run_id}
 
 
-def export_step(cfg: Config, variant: str, wait: bool = False) -> dict[str, Any]:
-    """Export `variant` to ONNX with its parity check; returns the parity report (export.json).
+def export_step(cfg: Config, name: str, wait: bool = False) -> dict[str, Any]:
+    """Export variant `name` to ONNX with its parity check; returns the parity report (export.json).
 
     Tracked: `onnx_parity_max_abs_diff`, tag `onnx_parity_passed` and export.json on the variant's run,
     plus the pyfunc model logged from the passing export (`mlflow_model_id` in the result). When the
@@ -104,9 +107,9 @@ def export_step(cfg: Config, variant: str, wait: bool = False) -> dict[str, Any]
     """
     from textrnn.export import ExportError, export_variant
 
-    cfg.variant(variant)
+    variant = cfg.variant(name)
     tracking = _tracking(cfg)
-    with locks.variant(cfg, variant, wait):
+    with locks.variant(cfg, name, wait):
         if tracking is None:
             return export_variant(cfg, variant)
         tracking.connect(cfg)  # an unreachable server fails before the work, not after it
@@ -114,16 +117,16 @@ def export_step(cfg: Config, variant: str, wait: bool = False) -> dict[str, Any]
             report = export_variant(cfg, variant)
         except ExportError as error:
             with tracking.variant_run(cfg, variant, stage="export"):
-                tracking.log_export({**error.report, "passed": False}, cfg.paths.export_failure(variant))
+                tracking.log_export({**error.report, "passed": False}, cfg.paths.export_failure(name))
                 raise  # inside the run: it ends FAILED
         with tracking.variant_run(cfg, variant, stage="export") as run_id:
-            tracking.log_export(report, cfg.paths.export_report(variant))
-            model_id = tracking.log_model(cfg, variant)
+            tracking.log_export(report, cfg.paths.export_report(name))
+            model_id = tracking.log_model(cfg, name)
     return {**report, "mlflow_run_id": run_id, "mlflow_model_id": model_id}
 
 
-def evaluate_step(cfg: Config, variant: str, device: str = "auto", wait: bool = False) -> dict[str, Any]:
-    """Evaluate the exported `variant` on the test split; returns eval.json's content.
+def evaluate_step(cfg: Config, name: str, device: str = "auto", wait: bool = False) -> dict[str, Any]:
+    """Evaluate the exported variant `name` on the test split; returns eval.json's content.
 
     Tracked: `test_accuracy`, `test_macro_f1`, `inference_latency_ms_b1`, the onnxruntime provider tag,
     the test dataset input, eval.json and the confusion-matrix and learning-curve plots, logged once the
@@ -131,15 +134,15 @@ def evaluate_step(cfg: Config, variant: str, device: str = "auto", wait: bool = 
     """
     from textrnn.evaluate import evaluate_variant
 
-    cfg.variant(variant)
+    variant = cfg.variant(name)
     tracking = _tracking(cfg)
-    with locks.variant(cfg, variant, wait):
+    with locks.variant(cfg, name, wait):
         if tracking is None:
             return evaluate_variant(cfg, variant, device=device)
         tracking.connect(cfg)  # an unreachable server fails before the work, not after it
         report = evaluate_variant(cfg, variant, device=device)
         with tracking.variant_run(cfg, variant, stage="evaluate") as run_id:
-            tracking.log_evaluation(cfg, variant, report)
+            tracking.log_evaluation(cfg, name, report)
     return {**report, "mlflow_run_id": run_id}
 
 
@@ -163,21 +166,21 @@ def verify_registrable(cfg: Config, variant: str) -> tuple[dict[str, Any], str]:
     return trained, export_report["onnx_sha256"]
 
 
-def register_step(cfg: Config, variant: str, wait: bool = False) -> dict[str, Any]:
+def register_step(cfg: Config, name: str, wait: bool = False) -> dict[str, Any]:
     """Register the variant's logged model as a version of `registry.model_name`; returns
     {model_name, version, variant, run_id, ...tags}. With tracking off: {registered: False, reason}.
 
     Refuses (LineageError, one line naming both files) unless `verify_registrable` holds and the run's
     logged params and model are those of model.pt and model.onnx (`registry.check_run_matches`)."""
     tracking = _tracking(cfg)
-    cfg.variant(variant)
+    cfg.variant(name)  # an unknown name fails even with tracking off
     if tracking is None:
-        return {"variant": variant, "registered": False, "reason": "tracking.enabled is false"}
-    with locks.variant(cfg, variant, wait):
-        trained, onnx_sha256 = verify_registrable(cfg, variant)
+        return {"variant": name, "registered": False, "reason": "tracking.enabled is false"}
+    with locks.variant(cfg, name, wait):
+        trained, onnx_sha256 = verify_registrable(cfg, name)
         from textrnn import registry
 
-        return {**registry.register_variant(cfg, variant, trained, onnx_sha256), "registered": True}
+        return {**registry.register_variant(cfg, name, trained, onnx_sha256), "registered": True}
 
 
 def promote_step(cfg: Config, versions: Sequence[str] | None = None) -> dict[str, Any]:

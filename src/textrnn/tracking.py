@@ -49,7 +49,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from textrnn import runs, stopping  # noqa: E402
-from textrnn.config import Config  # noqa: E402
+from textrnn.config import Config, Variant  # noqa: E402
 from textrnn.filenames import ONNX_FILE, TOKENIZER_FILE  # noqa: E402
 from textrnn.mlflow_connection import (  # noqa: E402, F401 (tracking_uri: public here)
     TrackingError, _one_line_errors, check_reachable, connect, tracking_uri,
@@ -173,18 +173,18 @@ def resolve_parent(cfg: Config, experiment_id: str, parent_run_id: str | None) -
 
 
 @stopping.deferred()
-def _create_variant_run(cfg: Config, variant: str, experiment_id: str, parent_run_id: str | None) -> str:
+def _create_variant_run(cfg: Config, variant: Variant, experiment_id: str, parent_run_id: str | None) -> str:
     """A new run for `variant` with its params and tags, recorded in `models/<V>/mlflow_run.json`."""
     client = MlflowClient()
     parent = resolve_parent(cfg, experiment_id, parent_run_id)
-    tags = {**run_tags(cfg), "run_kind": "variant", "variant": variant}
+    tags = {**run_tags(cfg), "run_kind": "variant", "variant": variant.name}
     if parent:
         tags["mlflow.parentRunId"] = parent  # the UI nests runs by this tag
-    run = client.create_run(experiment_id, run_name=variant, tags=tags)
+    run = client.create_run(experiment_id, run_name=variant.name, tags=tags)
     _log_params(client, run.info.run_id, variant_params(cfg, variant))
     client.set_terminated(run.info.run_id)  # each stage reopens it; between stages it is at rest
     write_json(
-        cfg.paths.run_record(variant),
+        cfg.paths.run_record(variant.name),
         {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": tracking_uri(),
          "parent_run_id": parent},
     )
@@ -206,23 +206,21 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> No
 
 @contextlib.contextmanager
 def variant_run(
-    cfg: Config, variant: str, *, stage: str, parent_run_id: str | None = None, new: bool = False
+    cfg: Config, variant: Variant, *, stage: str, parent_run_id: str | None = None, new: bool = False
 ) -> Iterator[str]:
     """Make the variant's run the active MLflow run for one stage; yields its run id.
 
     With `new` (a fresh `train`) a new run is created; otherwise the run recorded in
     `models/<V>/mlflow_run.json` is reopened, or created when there is none for this tracking URI.
-    The variant name is checked before any run exists. A recorded run left RUNNING by a dead attempt
-    is marked KILLED first. The run ends FINISHED, KILLED when the stage is stopped (KeyboardInterrupt,
+    A recorded run left RUNNING by a dead attempt is marked KILLED first. The run ends FINISHED, KILLED when the stage is stopped (KeyboardInterrupt,
     `Terminated`) or FAILED when it raises (`runs.ending`); it carries this process's pid and host
     while open. Mlflow errors become one-line TrackingErrors.
     """
-    cfg.variant(variant)
     experiment_id = connect(cfg)
-    with _one_line_errors(f"{variant}: MLflow ({stage})"), runs.ending():
+    with _one_line_errors(f"{variant.name}: MLflow ({stage})"), runs.ending():
         # A stop signal during these writes waits for their end, inside `ending`, which ends the run KILLED.
         with stopping.deferred():
-            record = None if new else recorded_run(cfg, variant)
+            record = None if new else recorded_run(cfg, variant.name)
             if record:
                 runs.close_if_stale(MlflowClient(), record["run_id"])
             run_id = record["run_id"] if record else _create_variant_run(cfg, variant, experiment_id, parent_run_id)
@@ -285,7 +283,7 @@ def log_datasets(cfg: Config, splits: Sequence[str]) -> None:
             _dataset_input(cfg, split, digests[split])
 
 
-def log_training_inputs(cfg: Config, variant: str) -> None:
+def log_training_inputs(cfg: Config, variant: Variant) -> None:
     """Before training: the variant's params (a resumed run warns about changed ones), the train/val
     datasets, the tokenizer and the bucket statistics."""
     _log_params(MlflowClient(), mlflow.active_run().info.run_id, variant_params(cfg, variant))

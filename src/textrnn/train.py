@@ -39,7 +39,7 @@ from torch import nn
 from textrnn import checkpoints, lineage
 from textrnn.bucketing import BucketBatchSampler, padding_efficiency
 from textrnn.checkpoints import ResumePoint, save_model, save_torch, writing
-from textrnn.config import Config
+from textrnn.config import Config, Variant
 from textrnn.errors import TextrnnError
 from textrnn.files import read_json, sha256_file, write_json
 from textrnn.models import TextRNN, build_model
@@ -162,7 +162,7 @@ def _check_finite(what: str, value: float, where: str, cfg: Config, limit: float
 # ------------------------------------------------------------------------------ inputs and outputs
 
 
-def training_config(cfg: Config, variant_name: str) -> dict[str, Any]:
+def training_config(cfg: Config, variant: Variant) -> dict[str, Any]:
     """The config slice a training run depends on (JSON values): seed, train.* but device/threads,
     buckets.*, tokenizer.*, data.classes and the variant (with its name).
 
@@ -173,7 +173,7 @@ def training_config(cfg: Config, variant_name: str) -> dict[str, Any]:
         "buckets": cfg.buckets.model_dump(mode="json"),
         "tokenizer": cfg.tokenizer.model_dump(mode="json"),
         "data": {"classes": list(cfg.data.classes)},
-        "variant": {"name": variant_name, **cfg.variant(variant_name).model_dump(mode="json")},
+        "variant": {"name": variant.name, **variant.config.model_dump(mode="json")},
     }
 
 
@@ -182,13 +182,11 @@ def input_paths(cfg: Config) -> list[Path]:
     return [cfg.paths.encoded_split("train"), cfg.paths.encoded_split("val"), cfg.paths.tokenizer]
 
 
-def check_inputs(cfg: Config, variant_name: str) -> dict[str, Any]:
-    """Verify the variant name and that the encoded inputs are the ones encode's `lineage.json` recorded;
-    return the lineage record (inputs' sha256 + `training_config`) for this run's outputs.
+def check_inputs(cfg: Config, variant: Variant) -> dict[str, Any]:
+    """Verify that the encoded inputs are the ones encode's `lineage.json` recorded; return the lineage
+    record (inputs' sha256 + `training_config`) for this run's outputs.
 
-    Raises ConfigError for an unknown variant, TextrnnError for a missing input, LineageError for a
-    changed one (one line naming both files)."""
-    cfg.variant(variant_name)
+    Raises TextrnnError for a missing input, LineageError for a changed one (one line naming both files)."""
     for path in input_paths(cfg):
         if not path.is_file():
             raise TextrnnError(f"{path}: not found (run `textrnn encode` first)")
@@ -201,10 +199,10 @@ def check_inputs(cfg: Config, variant_name: str) -> dict[str, Any]:
         raise lineage.LineageError(f"{record_file}: not a lineage record; re-run `textrnn encode`") from None
     # The tokenizer lives in the encoded directory (published with the ids), so one record covers all three.
     lineage.verify_outputs(cfg.paths.encoded, recorded, record_file, only=[path.name for path in input_paths(cfg)])
-    return lineage.record(input_paths(cfg), training_config(cfg, variant_name))
+    return lineage.record(input_paths(cfg), training_config(cfg, variant))
 
 
-def variant_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run_record: bool = True) -> list[Path]:
+def variant_outputs(cfg: Config, variant: Variant, *, resume: bool = False, run_record: bool = True) -> list[Path]:
     """Every file textrnn writes for the variant from training on: model.pt, the export (model.onnx,
     export.json, tokenizer.json), train.json, eval.json and the plots; checkpoint.pt unless `resume`,
     `mlflow_run.json` when `run_record`."""
@@ -217,20 +215,20 @@ def variant_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run
         path_of.append(paths.checkpoint)
     if run_record:
         path_of.append(paths.run_record)
-    return [variant_path(variant_name) for variant_path in path_of]
+    return [variant_path(variant.name) for variant_path in path_of]
 
 
-def clear_outputs(cfg: Config, variant_name: str, *, resume: bool = False, run_record: bool = True) -> None:
+def clear_outputs(cfg: Config, variant: Variant, *, resume: bool = False, run_record: bool = True) -> None:
     """Remove the variant's previous outputs (`variant_outputs`) before a new run writes any, so a run
     killed part-way leaves no older model under its own records. Only files textrnn names are removed."""
-    for path in variant_outputs(cfg, variant_name, resume=resume, run_record=run_record):
+    for path in variant_outputs(cfg, variant, resume=resume, run_record=run_record):
         with writing(path, "remove"):
             path.unlink(missing_ok=True)
 
 
-def check_resume(cfg: Config, variant_name: str, record: dict[str, Any]) -> ResumePoint | None:
+def check_resume(cfg: Config, variant: Variant, record: dict[str, Any]) -> ResumePoint | None:
     """The variant's checkpoint validated against `record` (see `ResumePoint.load`), or None without one."""
-    path = cfg.paths.checkpoint(variant_name)
+    path = cfg.paths.checkpoint(variant.name)
     return ResumePoint.load(path, record) if path.is_file() else None
 
 
@@ -241,13 +239,13 @@ def _plain_state(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 def train_variant(
     cfg: Config,
-    variant_name: str,
+    variant: Variant,
     *,
     resume: bool = False,
     on_epoch: EpochCallback | None = None,
     show_progress: bool = False,
 ) -> dict[str, Any]:
-    """Train `variant_name` on the encoded train split, early-stopping on val loss.
+    """Train `variant` on the encoded train split, early-stopping on val loss.
 
     Inputs are verified (`check_inputs`, and the checkpoint with `resume`) before the variant's previous
     outputs are cleared (`clear_outputs`, keeping `mlflow_run.json`, which is the caller's). With
@@ -257,10 +255,10 @@ def train_variant(
     Raises TrainingDiverged at the first non-finite loss or gradient, CheckpointError for an unusable or
     mismatched checkpoint, LineageError for changed inputs, OutputError when a file cannot be written.
     """
-    record = check_inputs(cfg, variant_name)
-    resume_point = check_resume(cfg, variant_name, record) if resume else None
-    clear_outputs(cfg, variant_name, resume=resume, run_record=False)
-    variant = cfg.variant(variant_name)
+    record = check_inputs(cfg, variant)
+    resume_point = check_resume(cfg, variant, record) if resume else None
+    clear_outputs(cfg, variant, resume=resume, run_record=False)
+    name = variant.name
     device = resolve_device(cfg.train.device)
     train_split = EncodedSplit.load(cfg.paths.encoded_split("train"))
     val_split = EncodedSplit.load(cfg.paths.encoded_split("val"))
@@ -268,19 +266,19 @@ def train_variant(
     # Initial weights come from torch's global generator, seeded here: each variant trains in a process
     # of its own (the Prefect flow's local fan-out included), so nothing else draws from it meanwhile.
     seed_everything(cfg.seed, cfg.train.threads)
-    model = build_model(variant, vocab_size, len(cfg.data.classes)).to(device)
+    model = build_model(variant.config, vocab_size, len(cfg.data.classes)).to(device)
     optimizer = make_optimizer(model, cfg.train.learning_rate, cfg.train.sparse_embedding)
     sampler = BucketBatchSampler(
-        train_split.texts.lengths, variant.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
+        train_split.texts.lengths, variant.config.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
         enabled=cfg.buckets.enabled,
     )
 
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "best_state": _plain_state(model.state_dict()), "wall_seconds": 0.0}
-    ckpt = cfg.paths.checkpoint(variant_name)
+    ckpt = cfg.paths.checkpoint(name)
     if resume_point is not None:
         state = resume_point.restore(model, optimizer)
-        log.info("resume variant=%s after_epoch=%d", variant_name, state["epoch"])
+        log.info("resume variant=%s after_epoch=%d", name, state["epoch"])
 
     with progress_bar(show_progress) as progress:
         while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
@@ -289,7 +287,7 @@ def train_variant(
             started = time.perf_counter()
             train_loss, train_acc, rate, efficiency = _train_epoch(
                 model, optimizer, train_split, sampler, cfg, device, progress,
-                f"{variant_name} epoch {epoch}/{cfg.train.epochs}",
+                f"{name} epoch {epoch}/{cfg.train.epochs}",
             )
             val_logits = predict_logits(model, val_split, 256, device)
             metrics = EpochMetrics(
@@ -302,7 +300,7 @@ def train_variant(
                 padding_efficiency=efficiency,
                 seconds=time.perf_counter() - started,
             )
-            _check_finite("validation loss", metrics.val_loss, f"{variant_name} epoch {epoch}/{cfg.train.epochs}", cfg,
+            _check_finite("validation loss", metrics.val_loss, f"{name} epoch {epoch}/{cfg.train.epochs}", cfg,
                           EXPLODED_LOSS)
             state["epoch"] = epoch
             state["wall_seconds"] += metrics.seconds
@@ -317,21 +315,21 @@ def train_variant(
                  "torch_rng": torch.get_rng_state(), "lineage": record, "state": state},
                 ckpt,
             )
-            log.info("epoch variant=%s %s", variant_name, " ".join(f"{k}={v:.4g}" for k, v in asdict(metrics).items()))
+            log.info("epoch variant=%s %s", name, " ".join(f"{k}={v:.4g}" for k, v in asdict(metrics).items()))
             if on_epoch is not None:
-                on_epoch(variant_name, asdict(metrics))
+                on_epoch(name, asdict(metrics))
 
-    return _publish(cfg, variant_name, model, state, record, device)
+    return _publish(cfg, variant, model, state, record, device)
 
 
-def _publish(cfg: Config, variant_name: str, model: TextRNN, state: dict[str, Any], record: dict[str, Any],
+def _publish(cfg: Config, variant: Variant, model: TextRNN, state: dict[str, Any], record: dict[str, Any],
              device: torch.device) -> dict[str, Any]:
     """Write model.pt (best epoch's weights) and train.json, both with the lineage record; return the summary."""
-    save_model(model, state["best_state"], cfg.data.classes, cfg.paths.model_file(variant_name), record)
+    save_model(model, state["best_state"], cfg.data.classes, cfg.paths.model_file(variant.name), record)
     history = state["history"]
     summary = {
-        "variant": variant_name,
-        "config": cfg.variant(variant_name).model_dump(),
+        "variant": variant.name,
+        "config": variant.config.model_dump(),
         "device": device.type,
         "epochs_run": state["epoch"],
         "stopped_early": state["bad_epochs"] >= cfg.train.patience,
@@ -342,10 +340,10 @@ def _publish(cfg: Config, variant_name: str, model: TextRNN, state: dict[str, An
         "padding_efficiency": float(np.mean([h["padding_efficiency"] for h in history])),
         "wall_seconds": state["wall_seconds"],
         "history": history,
-        "model_pt_sha256": sha256_file(cfg.paths.model_file(variant_name)),
+        "model_pt_sha256": sha256_file(cfg.paths.model_file(variant.name)),
         "lineage": record,
     }
-    report = cfg.paths.train_report(variant_name)
+    report = cfg.paths.train_report(variant.name)
     with writing(report):
         write_json(report, summary)
     return summary
