@@ -36,6 +36,15 @@ def path_overrides(workdir: Path) -> list[str]:
     return [f"paths.{name}={workdir / getattr(defaults, name)}" for name in config.PathsConfig.model_fields]
 
 
+# A tiny architecture for model-level tests; a variant's architecture is always stated (config.py).
+SMALL_ARCHITECTURE = {"embed_dim": 8, "hidden": 5, "layers": 1, "bidirectional": False, "masked": True, "batch_size": 4}
+
+
+def small_variant(**fields) -> config.VariantConfig:
+    """`SMALL_ARCHITECTURE` with `fields` (the cell at least) over it."""
+    return config.VariantConfig(**{**SMALL_ARCHITECTURE, **fields})
+
+
 SMALL_SAMPLE = [
     "data.source=sample",
     "data.sample.train_rows=3000",

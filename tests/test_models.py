@@ -11,6 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from textrnn.config import Config, VariantConfig
 from textrnn.models import build_model, reverse_within_lengths
 
+from conftest import small_variant
+
 VOCAB, CLASSES = 50, 4
 MASKED_VARIANTS = [name for name, variant in Config().variants.items() if variant.masked]
 
@@ -56,7 +58,7 @@ def test_reverse_within_lengths_reverses_real_steps_and_keeps_pads() -> None:
 
 def test_masked_bilstm_equals_packed_two_layer_bidirectional_lstm() -> None:
     torch.manual_seed(0)
-    variant = VariantConfig(cell="lstm", embed_dim=12, hidden=7, layers=2, bidirectional=True, masked=True)
+    variant = VariantConfig(cell="lstm", embed_dim=12, hidden=7, layers=2, bidirectional=True, masked=True, batch_size=4)
     model = build_model(variant, VOCAB, CLASSES).eval()
     reference = nn.LSTM(12, 7, num_layers=2, bidirectional=True, batch_first=True)
     # Copy our per-direction cells' weights into the stacked reference's `_l{layer}[_reverse]` slots.
@@ -79,7 +81,7 @@ def test_masked_bilstm_equals_packed_two_layer_bidirectional_lstm() -> None:
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 def test_masked_unidirectional_state_is_the_state_at_the_true_last_token(cell: str) -> None:
     torch.manual_seed(1)
-    model = build_model(VariantConfig(cell=cell, embed_dim=8, hidden=5), VOCAB, CLASSES).eval()
+    model = build_model(small_variant(cell=cell), VOCAB, CLASSES).eval()
     token_ids, lengths = random_batch(seed=5)
     with torch.no_grad():
         batched = model(token_ids, lengths)

@@ -331,6 +331,22 @@ def compare(params: ParamsOption = DEFAULT_PARAMS, set_: SetOption = None) -> No
     console.print(table)
 
 
+@app.command("params")
+@user_errors
+def show_params(
+    defaults: Annotated[
+        bool, typer.Option("--defaults", help="config.py's defaults, reading no params file: `textrnn params --defaults > params.yaml`.")
+    ] = False,
+    params: ParamsOption = DEFAULT_PARAMS,
+    set_: SetOption = None,
+) -> None:
+    """Print the config a run would use, validated, as a params file (params.yaml with every --set applied)."""
+    from textrnn.params_render import render
+
+    cfg = config_module.from_dict(config_module.apply_overrides({}, set_ or [])) if defaults else load_config(params, set_)
+    typer.echo(render(cfg), nl=False)
+
+
 def _pipeline_flow():
     """The `training_pipeline` Prefect flow, from the `flows` package installed beside textrnn."""
     from flows.training import check_prefect_api, training_pipeline

@@ -64,7 +64,7 @@ class PathsConfig(_Frozen):
     every output file in them."""
 
     prepared: Path = Path("data/prepared")
-    encoded: Path = Path("data/encoded")
+    encoded: Path = Field(Path("data/encoded"), description="the encoded ids and tokenizer.json, published together")
     models: Path = Path("models")
     metrics: Path = Path("metrics")
     plots: Path = Path("plots")
@@ -185,9 +185,9 @@ class SampleConfig(_Frozen):
 
 
 class DataConfig(_Frozen):
-    source: Literal["hf", "csv", "parquet", "sample"] = "hf"
+    source: Literal["hf", "csv", "parquet", "sample"] = Field("hf", description="hf | csv | parquet | sample")
     hf_name: Text = "fancyzhx/ag_news"
-    train_path: Path | None = None
+    train_path: Path | None = Field(None, description="csv/parquet sources: local files")
     test_path: Path | None = None
     text_fields: tuple[Text, ...] = ("title", "description")
     classes: tuple[Text, ...] = ("World", "Sports", "Business", "Sci/Tech")
@@ -225,9 +225,9 @@ class TokenizerConfig(_Frozen):
 class BucketsConfig(_Frozen):
     """Sort-within-chunks batching (see `textrnn.bucketing`); `enabled: false` batches at random."""
 
-    enabled: Bool = True
-    chunk_batches: Int = Field(64, ge=1, le=MANY)
-    token_budget: Int | None = Field(None, ge=1, le=MANY)
+    enabled: Bool = Field(True, description="false: plain shuffled batches (the baseline bucketing is measured against)")
+    chunk_batches: Int = Field(64, ge=1, le=MANY, description="sort by length within chunks of this many batches")
+    token_budget: Int | None = Field(None, ge=1, le=MANY, description="optional cap on tokens per batch")
 
 
 class TrainConfig(_Frozen):
@@ -235,30 +235,48 @@ class TrainConfig(_Frozen):
     learning_rate: Float = Field(1e-3, gt=0.0)
     grad_clip: Float = Field(1.0, gt=0.0)
     # Sparse embedding gradients with SparseAdam (lazy Adam) for the table, dense Adam elsewhere (optim.py).
-    sparse_embedding: Bool = True
-    patience: Int = Field(2, ge=1, le=1_000_000)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    sparse_embedding: Bool = Field(
+        True, description="update only the embedding rows a batch uses (SparseAdam); false: dense Adam")
+    patience: Int = Field(2, ge=1, le=1_000_000, description="early stopping on validation loss")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto | cpu | cuda")
     # One intra-op thread per training process: the LSTM is no faster with a second one on an idle machine
     # and ~30x slower with it beside one busy process (bench/concurrency.py). Parallelism comes from
     # variants training side by side in processes of their own. null: torch's default.
-    threads: Int | None = Field(1, ge=1, le=4096)
+    threads: Int | None = Field(
+        1, ge=1, le=4096, description="torch CPU threads per training process (bench/concurrency.py: why 1)")
 
 
 class VariantConfig(_Frozen):
-    """One model variant: the architecture `TextRNN` builds and the batch size it trains with."""
+    """One model variant: the architecture `TextRNN` builds and the batch size it trains with, always
+    stated; then options, each at the lesson's recipe unless a variant sets it."""
 
     cell: Literal["rnn", "lstm", "gru", "bag"]
-    embed_dim: Int = Field(64, ge=1, le=65_536)
-    hidden: Int = Field(16, ge=1, le=65_536)
-    layers: Int = Field(1, ge=1, le=64)
-    bidirectional: Bool = False
-    masked: Bool = True
-    batch_size: Int = Field(16, ge=1, le=1_048_576)
+    embed_dim: Int = Field(ge=1, le=65_536)
+    hidden: Int = Field(ge=1, le=65_536)
+    layers: Int = Field(ge=1, le=64)
+    bidirectional: Bool
+    masked: Bool
+    batch_size: Int = Field(ge=1, le=1_048_576)
+    # How the head reads the last layer's outputs (models.py): `last` state, or max/mean/attention over the
+    # real steps. Regularisation: dropout on the head's features and between layers, and on whole
+    # embedding channels. Every default reproduces the lesson's models exactly.
+    pool: Literal["last", "max", "mean", "attention"] = "last"
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    embed_dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    # Training options (optim.py, train.py): decoupled weight decay on the dense non-bias weights, label
+    # smoothing in the loss, linear warmup then a constant or cosine learning rate, stepped per batch.
+    weight_decay: Float = Field(0.0, ge=0.0, lt=1.0)
+    label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
+    warmup_epochs: Float = Field(0.0, ge=0.0, le=1_000_000)
+    schedule: Literal["constant", "cosine"] = "constant"
 
     @model_validator(mode="after")
     def _bag_is_a_single_masked_mean(self) -> VariantConfig:
         if self.cell == "bag" and (self.layers != 1 or self.bidirectional or not self.masked):
             raise ValueError("cell 'bag' takes no layers/bidirectional and is always masked")
+        # Pooling over steps needs to know which steps are real: only the masked recurrent path does.
+        if self.pool != "last" and (self.cell == "bag" or not self.masked):
+            raise ValueError(f"pool '{self.pool}' needs a masked recurrent cell (rnn/lstm/gru with masked: true)")
         return self
 
 
@@ -271,13 +289,15 @@ class Variant(NamedTuple):
 
 
 def _default_variants() -> dict[str, VariantConfig]:
+    lesson = {"embed_dim": 64, "layers": 1, "bidirectional": False, "masked": True, "batch_size": 16}
     return {
-        "rnn": VariantConfig(cell="rnn", hidden=16, masked=False, batch_size=16),
-        "rnn_masked": VariantConfig(cell="rnn", hidden=16, batch_size=16),
-        "lstm": VariantConfig(cell="lstm", hidden=8, batch_size=8),
-        "gru": VariantConfig(cell="gru", hidden=32, batch_size=16),
-        "bilstm": VariantConfig(cell="lstm", embed_dim=128, hidden=64, layers=2, bidirectional=True, batch_size=16),
-        "bag": VariantConfig(cell="bag", batch_size=16),
+        "rnn": VariantConfig(**{**lesson, "cell": "rnn", "hidden": 16, "masked": False}),
+        "rnn_masked": VariantConfig(**{**lesson, "cell": "rnn", "hidden": 16}),
+        "lstm": VariantConfig(**{**lesson, "cell": "lstm", "hidden": 8, "batch_size": 8}),
+        "gru": VariantConfig(**{**lesson, "cell": "gru", "hidden": 32}),
+        "bilstm": VariantConfig(cell="lstm", embed_dim=128, hidden=64, layers=2, bidirectional=True, masked=True,
+                                batch_size=16),
+        "bag": VariantConfig(**{**lesson, "cell": "bag", "hidden": 16}),
     }
 
 
@@ -288,11 +308,12 @@ class TrackingConfig(_Frozen):
 
 class RegistryConfig(_Frozen):
     model_name: Text = "agnews-rnn"
-    min_delta: Float = Field(0.0, ge=0.0)
+    min_delta: Float = Field(0.0, ge=0.0, description="a new champion must beat the current one by at least this much")
 
 
 class OrchestrationConfig(_Frozen):
-    mode: Literal["local", "distributed"] = "local"
+    mode: Literal["local", "distributed"] = Field(
+        "local", description="local | distributed (train-variant deployments on a work pool)")
     max_concurrency: Int = Field(2, ge=1, le=4096)
     work_pool: Text = "gpu"
 
@@ -300,12 +321,17 @@ class OrchestrationConfig(_Frozen):
 class Config(_Frozen):
     # numpy's legacy seeding takes 0 <= seed < 2**32; one range for every library.
     seed: Int = Field(42, ge=0, lt=2**32)
-    paths: PathsConfig = PathsConfig()
+    paths: PathsConfig = Field(PathsConfig(), description=(
+        "Outputs, each a directory strictly inside the working directory (no two nested); textrnn replaces a "
+        "directory only if it made it (it holds a `.textrnn-output` marker)."))
     data: DataConfig = DataConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
     buckets: BucketsConfig = BucketsConfig()
     train: TrainConfig = TrainConfig()
-    variants: dict[str, VariantConfig] = Field(default_factory=_default_variants)
+    variants: dict[str, VariantConfig] = Field(default_factory=_default_variants, description=(
+        "The lesson's models (DESIGN.md), plus `bag`, the bag-of-embeddings baseline that cannot see order. "
+        "A variant states its architecture; an option it leaves out (pool, dropout, ...) keeps the lesson's recipe "
+        "(VariantConfig in src/textrnn/config.py)."))
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()

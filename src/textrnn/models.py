@@ -8,11 +8,16 @@ exports to ONNX the same way (no packed sequences, whose export fixes shapes):
 - the backward direction runs on each row reversed *within its own length* (a gather; pads stay at the
   end), so it too meets the pads only after the real tokens; the same gather puts its outputs back in
   place for the next layer;
-- the classifier reads the forward state at `lengths - 1` and the backward state at position 0.
+- the classifier reads the forward state at `lengths - 1` and the backward state at position 0 (`pool:
+  last`), or pools the last layer's outputs over the real steps only (`max`, `mean`, or `attention`: a
+  softmax over learned per-step scores), pads excluded by `lengths`.
 
-Adding pad columns to a batch therefore changes no logit. The unmasked variant (`masked: false`) is the
-lesson's first model: it reads the padded row to the end, pads included. `bag` is the mean of the real
-tokens' embeddings, the baseline that cannot see word order.
+Adding pad columns to a batch therefore changes no logit. Dropout (`dropout`, `embed_dropout`) draws one
+mask per row and channel, shared by every step: a row's mask, like its logits, does not depend on how many
+pad columns its batch has, and a pad's zero embedding stays zero.
+
+The unmasked variant (`masked: false`) is the lesson's first model: it reads the padded row to the end,
+pads included. `bag` is the mean of the real tokens' embeddings, the baseline that cannot see word order.
 """
 
 from __future__ import annotations
@@ -100,31 +105,69 @@ class TextRNN(nn.Module):
         self.head = nn.Linear(features, num_classes)
         nn.init.xavier_uniform_(self.head.weight)  # Keras' Dense default, as the rest of the recipe
         nn.init.zeros_(self.head.bias)
+        if variant.pool == "attention":
+            # A learned query dotted with each step's output (no bias: the softmax would cancel it). Zero at
+            # first, so attention starts as the mean over the real steps and learns where to look.
+            self.attention = nn.Linear(features, 1, bias=False)
+            nn.init.zeros_(self.attention.weight)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        embedded = self.embedding(token_ids)
+        embedded = self._channel_dropout(self.embedding(token_ids), self.variant.embed_dropout)
         if self.variant.cell == "bag":
-            return self.head(self._mean_of_real_tokens(embedded, lengths))
-        if self.variant.masked:
-            return self.head(self._masked_features(embedded, lengths))
-        return self.head(self._unmasked_features(embedded))
+            features = self._mean_over_real_steps(embedded, lengths)
+        elif self.variant.masked:
+            features = self._masked_features(embedded, lengths)
+        else:
+            features = self._unmasked_features(embedded)
+        if self.training and self.variant.dropout > 0:
+            features = nn.functional.dropout(features, self.variant.dropout)
+        return self.head(features)
+
+    def _channel_dropout(self, values: torch.Tensor, p: float) -> torch.Tensor:
+        """Dropout of whole channels of a [B, T, D] tensor: one mask per row, the same at every step.
+
+        On embeddings it is spatial dropout (a word vector's dimension is dropped for the whole row, so a
+        neighbour cannot stand in for it); between recurrent layers it is variational (locked) dropout,
+        which does not inject fresh noise at every step of the recurrence. Either way the mask ([B, 1, D])
+        does not depend on the number of pad columns, and a zero (pad) vector stays zero.
+        """
+        if not self.training or p == 0:
+            return values
+        keep = values.new_empty(values.size(0), 1, values.size(2)).bernoulli_(1 - p)
+        return values * (keep / (1 - p))
 
     @staticmethod
-    def _mean_of_real_tokens(embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        steps = torch.arange(embedded.size(1), device=lengths.device).unsqueeze(0)
-        real = (steps < lengths.unsqueeze(1)).unsqueeze(-1).to(embedded.dtype)
-        return (embedded * real).sum(1) / lengths.unsqueeze(1).to(embedded.dtype)
+    def _mean_over_real_steps(values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(values.size(1), device=lengths.device).unsqueeze(0)
+        real = (steps < lengths.unsqueeze(1)).unsqueeze(-1).to(values.dtype)
+        return (values * real).sum(1) / lengths.unsqueeze(1).to(values.dtype)
+
+    def _pool(self, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, F] from the last layer's outputs [B, T, F] over each row's first `lengths[b]` steps only."""
+        if self.variant.pool == "mean":
+            return self._mean_over_real_steps(outputs, lengths)
+        steps = torch.arange(outputs.size(1), device=lengths.device).unsqueeze(0)
+        pads = (steps >= lengths.unsqueeze(1)).unsqueeze(-1)
+        if self.variant.pool == "max":
+            # -inf never wins, and every row has at least one real step (lengths >= 1).
+            return outputs.masked_fill(pads, float("-inf")).amax(1)
+        weights = self.attention(outputs).masked_fill(pads, float("-inf")).softmax(1)  # [B, T, 1], 0 on pads
+        return (weights * outputs).sum(1)
 
     def _masked_features(self, embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         reverse = reverse_within_lengths(lengths, embedded.size(1)) if self.variant.bidirectional else None
         inputs = embedded
-        for directions in self.layers:
+        for layer, directions in enumerate(self.layers):
+            if layer:
+                inputs = self._channel_dropout(inputs, self.variant.dropout)
             forward_out = directions[0](inputs)[0]
             if reverse is None:
                 inputs = forward_out
                 continue
             backward_out = _gather_time(directions[1](_gather_time(inputs, reverse))[0], reverse)
             inputs = torch.cat([forward_out, backward_out], dim=-1)
+        if self.variant.pool != "last":
+            return self._pool(inputs, lengths)
         last = (lengths - 1).view(-1, 1)
         forward_last = _gather_time(inputs[..., : self.variant.hidden], last).squeeze(1)
         if reverse is None:
@@ -134,7 +177,9 @@ class TextRNN(nn.Module):
 
     def _unmasked_features(self, embedded: torch.Tensor) -> torch.Tensor:
         inputs = embedded
-        for directions in self.layers:
+        for layer, directions in enumerate(self.layers):
+            if layer:
+                inputs = self._channel_dropout(inputs, self.variant.dropout)
             outputs = [directions[0](inputs)[0]]
             if len(directions) == 2:
                 outputs.append(directions[1](inputs.flip(1))[0].flip(1))
