@@ -87,22 +87,31 @@ def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> Non
     assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
 
 
-def _train_command(workspace: Path, *extra: str) -> list[str]:
-    sets = [arg for override in [*SMALL_SAMPLE, *path_overrides(workspace), "train.epochs=4", "train.patience=10"]
+# Every training option of a variant on at once: dropout draws from torch's RNG and the schedule has state
+# of its own, so a resumed run must restore both to land on the same weights.
+EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1",
+                                                   "weight_decay=0.01", "label_smoothing=0.1", "warmup_epochs=1.5",
+                                                   "schedule=cosine")]
+
+
+def _train_command(workspace: Path, *extra: str, options: list[str]) -> list[str]:
+    sets = [arg for override in [*SMALL_SAMPLE, *path_overrides(workspace), "train.epochs=4", "train.patience=10",
+                                 *options]
             for arg in ("--set", override)]
     return [sys.executable, "-m", "textrnn.cli", "train", "--variant", "lstm", "--params", str(PARAMS),
             "--no-progress", *sets, *extra]
 
 
-def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: Path, tmp_path: Path) -> None:
-    cfg = make_config(workspace, "train.epochs=4", "train.patience=10")
+@pytest.mark.parametrize("options", [[], EVERY_OPTION], ids=["lesson", "every-option"])
+def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: Path, options: list[str]) -> None:
+    cfg = make_config(workspace, "train.epochs=4", "train.patience=10", *options)
     uninterrupted = train_variant(cfg, cfg.variant("lstm"))
     reference = torch.load(cfg.paths.model_file("lstm"), weights_only=True)["state_dict"]
     cfg.paths.model_file("lstm").unlink()
     cfg.paths.checkpoint("lstm").unlink()
 
     # A real process, really killed (SIGKILL: no cleanup) once its first epoch's checkpoint is on disk.
-    process = subprocess.Popen(_train_command(workspace), cwd=workspace, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(_train_command(workspace, options=options), cwd=workspace, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 120
     while not cfg.paths.checkpoint("lstm").exists() and process.poll() is None and time.monotonic() < deadline:
@@ -114,12 +123,27 @@ def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_run(workspace: 
     killed_after = torch.load(cfg.paths.checkpoint("lstm"), weights_only=True)["state"]["epoch"]
     assert killed_after < 4
 
-    resumed = subprocess.run(_train_command(workspace, "--resume"), cwd=workspace, capture_output=True, text=True)
+    resumed = subprocess.run(_train_command(workspace, "--resume", options=options), cwd=workspace, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     weights = torch.load(cfg.paths.model_file("lstm"), weights_only=True)["state_dict"]
     assert all(torch.equal(reference[k], weights[k]) for k in reference)
     history = json.loads((cfg.paths.metrics_dir("lstm") / "train.json").read_text())["history"]
     assert [h["val_loss"] for h in history] == [h["val_loss"] for h in uninterrupted["history"]]
+
+
+def test_each_training_option_changes_what_is_learnt(workspace: Path) -> None:
+    """Every option in EVERY_OPTION reaches training: alone, each changes the first epoch's weights."""
+    def first_epoch(*overrides: str) -> dict[str, torch.Tensor]:
+        cfg = make_config(workspace, "train.epochs=1", *overrides)
+        train_variant(cfg, cfg.variant("lstm"))
+        return torch.load(cfg.paths.model_file("lstm"), weights_only=True)["state_dict"]
+
+    lesson = first_epoch()
+    assert all(torch.equal(lesson[key], value) for key, value in first_epoch().items())  # deterministic
+    for option in EVERY_OPTION:
+        changed = first_epoch(option)
+        shared = set(lesson) & set(changed)  # attention adds a weight of its own
+        assert any(not torch.equal(lesson[key], changed[key]) for key in shared), option
 
 
 def test_outputs_record_their_inputs_and_training_config(workspace: Path) -> None:

@@ -26,7 +26,7 @@ from textrnn.config import VariantConfig
 from textrnn.errors import TextrnnError
 from textrnn.files import atomic_path
 from textrnn.models import TextRNN, build_model
-from textrnn.optim import SplitAdam
+from textrnn.optim import SplitAdam, SplitSchedule
 
 CHECKPOINT_FORMAT = 2  # 1: pickled objects (loaded with weights_only=False, refused now)
 _LOOP_STATE = ("epoch", "history", "best_val_loss", "best_epoch", "bad_epochs", "best_state", "wall_seconds")
@@ -156,11 +156,13 @@ class ResumePoint:
                 raise CheckpointError(f"{key} changed since {path} was written; train without --resume")
         return cls(path, payload)
 
-    def restore(self, model: TextRNN, optimizer: SplitAdam) -> dict[str, Any]:
-        """Put the saved weights, optimizer state and RNG state back; return the loop state."""
+    def restore(self, model: TextRNN, optimizer: SplitAdam, schedule: SplitSchedule | None = None) -> dict[str, Any]:
+        """Put the saved weights, optimizer, learning-rate schedule and RNG state back; return the loop state."""
         try:
             model.load_state_dict(self.payload["model"])
             optimizer.load_state_dict(self.payload["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(self.payload["schedule"])
             torch.set_rng_state(self.payload["torch_rng"])
             state = dict(self.payload["state"])
             missing = sorted(set(_LOOP_STATE) - set(state))

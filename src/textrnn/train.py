@@ -43,7 +43,7 @@ from textrnn.config import Config, Variant
 from textrnn.errors import TextrnnError
 from textrnn.files import read_json, sha256_file, write_json
 from textrnn.models import TextRNN, build_model
-from textrnn.optim import SplitAdam, clip_grad_norm, make_optimizer
+from textrnn.optim import SplitAdam, SplitSchedule, clip_grad_norm, make_optimizer, make_scheduler
 from textrnn.runtime import progress_bar, resolve_device, seed_everything
 from textrnn.tokens import EncodedSplit, load_tokenizer
 
@@ -105,6 +105,8 @@ def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
 def _train_epoch(
     model: TextRNN,
     optimizer: SplitAdam,
+    schedule: SplitSchedule | None,
+    loss_fn: nn.Module,
     split: EncodedSplit,
     sampler: BucketBatchSampler,
     cfg: Config,
@@ -112,12 +114,12 @@ def _train_epoch(
     progress,
     description: str,
 ) -> tuple[float, float, float, float]:
-    """One pass over the train split; returns (loss, accuracy, samples/s, padding efficiency).
+    """One pass over the train split, stepping `schedule` (if any) after each optimizer step; returns
+    (loss, accuracy, samples/s, padding efficiency), the loss being `loss_fn`'s.
 
     Raises TrainingDiverged at the first step whose loss or gradient norm is not finite (before the
     optimizer applies it), naming `description` (variant and epoch) and the step."""
     model.train()
-    loss_fn = nn.CrossEntropyLoss()
     parameters = list(model.parameters())
     batches = sampler.batches()
     task = progress.add_task(description, total=len(split.labels), rate=0.0)
@@ -135,6 +137,8 @@ def _train_epoch(
         grad_norm = float(clip_grad_norm(parameters, cfg.train.grad_clip))
         _check_finite("gradient norm", grad_norm, f"{description}, step {step}", cfg)
         optimizer.step()
+        if schedule is not None:
+            schedule.step()
         total_loss += loss_value * len(rows)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(rows)
@@ -267,17 +271,22 @@ def train_variant(
     # of its own (the Prefect flow's local fan-out included), so nothing else draws from it meanwhile.
     seed_everything(cfg.seed, cfg.train.threads)
     model = build_model(variant.config, vocab_size, len(cfg.data.classes)).to(device)
-    optimizer = make_optimizer(model, cfg.train.learning_rate, cfg.train.sparse_embedding)
+    options = variant.config
+    optimizer = make_optimizer(model, cfg.train.learning_rate, cfg.train.sparse_embedding, options.weight_decay)
     sampler = BucketBatchSampler(
-        train_split.texts.lengths, variant.config.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
+        train_split.texts.lengths, options.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
         enabled=cfg.buckets.enabled,
     )
+    schedule = _schedule(optimizer, sampler, cfg, variant)
+    # Smoothing shapes the training loss only: validation loss (early stopping) stays plain cross-entropy,
+    # comparable across variants.
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
 
     state = {"epoch": 0, "history": [], "best_val_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0,
              "best_state": _plain_state(model.state_dict()), "wall_seconds": 0.0}
     ckpt = cfg.paths.checkpoint(name)
     if resume_point is not None:
-        state = resume_point.restore(model, optimizer)
+        state = resume_point.restore(model, optimizer, schedule)
         log.info("resume variant=%s after_epoch=%d", name, state["epoch"])
 
     with progress_bar(show_progress) as progress:
@@ -286,7 +295,7 @@ def train_variant(
             sampler.set_epoch(epoch)
             started = time.perf_counter()
             train_loss, train_acc, rate, efficiency = _train_epoch(
-                model, optimizer, train_split, sampler, cfg, device, progress,
+                model, optimizer, schedule, loss_fn, train_split, sampler, cfg, device, progress,
                 f"{name} epoch {epoch}/{cfg.train.epochs}",
             )
             val_logits = predict_logits(model, val_split, 256, device)
@@ -312,6 +321,7 @@ def train_variant(
                 state["bad_epochs"] += 1
             save_torch(
                 {"format": checkpoints.CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "schedule": schedule.state_dict() if schedule is not None else None,
                  "torch_rng": torch.get_rng_state(), "lineage": record, "state": state},
                 ckpt,
             )
@@ -320,6 +330,18 @@ def train_variant(
                 on_epoch(name, asdict(metrics))
 
     return _publish(cfg, variant, model, state, record, device)
+
+
+def _schedule(optimizer: SplitAdam, sampler: BucketBatchSampler, cfg: Config, variant: Variant) -> SplitSchedule | None:
+    """The variant's learning-rate schedule, or None when it has none (no warmup, constant: the optimizer is
+    then exactly the lesson's, checkpoint included). Steps per epoch are the first epoch's batch count:
+    exact without a token budget, and close with one (the cosine then ends at most a few steps off)."""
+    options = variant.config
+    if options.warmup_epochs == 0 and options.schedule == "constant":
+        return None
+    sampler.set_epoch(1)
+    return make_scheduler(optimizer, steps_per_epoch=len(sampler), epochs=cfg.train.epochs,
+                          warmup_epochs=options.warmup_epochs, schedule=options.schedule)
 
 
 def _publish(cfg: Config, variant: Variant, model: TextRNN, state: dict[str, Any], record: dict[str, Any],
