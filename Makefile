@@ -92,7 +92,7 @@ scale-out-smoke: install
 	  echo "installing PostgreSQL (Debian package postgresql)"; \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
-	$(BIN)/python -m pytest -q tests/test_scale_out.py
+	$(BIN)/python -m pytest -q tests/pipeline/test_scale_out.py
 
 # ---- Multi-host proof (issue 13): the distributed pipeline across separate hosts, on this one machine ----
 # Network namespaces joined by veth links (iproute2), each host with a private mount namespace (util-linux)
@@ -105,4 +105,4 @@ multihost: install
 	  echo "installing iproute2 and util-linux (Debian packages)"; \
 	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux >/dev/null; }
-	TEXTRNN_REQUIRE_MULTIHOST=1 $(BIN)/python -m pytest -q tests/test_multihost.py
+	TEXTRNN_REQUIRE_MULTIHOST=1 $(BIN)/python -m pytest -q tests/pipeline/test_multihost.py

@@ -1,7 +1,7 @@
 """Cache keys for the pipeline's tasks, derived from dvc.yaml: the one declaration of what each step reads.
 
 Each DVC stage lists the params.yaml keys its step reads (`params`), the code modules it imports and the
-files it reads (`deps`), and the files it writes (`outs`, `metrics`, `plots`); tests/test_dvc.py checks
+files it reads (`deps`), and the files it writes (`outs`, `metrics`, `plots`); tests/pipeline/test_dvc.py checks
 those lists against what each step really reads and imports. A Prefect task's cache key is a digest of
 the same things: the stage's params (plus `paths`, which DVC sees as file locations), the bytes of its
 code modules and of its input files, where the files are the stage's deps moved to this config's `paths`

@@ -11,7 +11,7 @@ through it adds its dotted key path to `keys`:
 - the `variants` mapping records `variants.<name>` per item read, and `variants` itself when iterated,
   measured or searched (the set of names is then part of what was read).
 
-Used by tests/test_dvc.py to compare what each step reads with what its dvc.yaml stage declares.
+Used by tests/pipeline/test_dvc.py to compare what each step reads with what its dvc.yaml stage declares.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What the fault-and-bad-input suite (tests/test_faults_*.py) shares: the `fault` mark that feeds the
+"""What the fault-and-bad-input suite (tests/*/test_faults_*.py) shares: the `fault` mark that feeds the
 README's Reliability table, real faults (a small tmpfs, a read-only bind mount, real CLI processes),
 and the check that nothing already written was lost.
 

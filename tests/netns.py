@@ -1,4 +1,4 @@
-"""Separate hosts on one Linux machine, for tests that need several machines (tests/test_multihost.py).
+"""Separate hosts on one Linux machine, for tests that need several machines (tests/pipeline/test_multihost.py).
 
 A host is a network namespace (`ip netns add`), plus a mount and a UTS namespace of its own, kept alive by
 one idle "holder" process (`ip netns exec <ns> unshare --mount --uts --propagation private ... sleep`):

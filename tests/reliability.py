@@ -4,7 +4,7 @@
     python tests/reliability.py --check  # exit 1 if the README is not what the marks say
 
 The rows are collected by pytest itself (every test marked `fault`, parametrised cases counted one by
-one), so the table lists exactly the cases `make test` runs; tests/test_reliability_readme.py fails when
+one), so the table lists exactly the cases `make test` runs; tests/code/test_reliability_readme.py fails when
 the README falls behind.
 """
 

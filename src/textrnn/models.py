@@ -38,7 +38,7 @@ def init_recurrent(cell: nn.RNNBase) -> None:
 
     PyTorch's default, uniform ±1/sqrt(hidden) everywhere, gives a 16-unit SimpleRNN a recurrent matrix of
     spectral radius ~0.6, so a state forgets all but the last few tokens and gradients vanish along the
-    row; an orthogonal matrix keeps both (tests/test_models.py: recalling a row's first token across 60
+    row; an orthogonal matrix keeps both (tests/model/test_models.py: recalling a row's first token across 60
     steps). It also makes the comparison with the lesson's Keras models one of frameworks, not of recipes.
     """
     for name, parameter in cell.named_parameters():

@@ -20,7 +20,7 @@ Contract
 Why the signature declares `text` with type `any` and not `string`
     With a `string` column, MLflow's scoring server converts an `inputs` list to strings before the
     model sees it (`{"inputs": ["a", 5, null, true]}` arrives as "a", "5", "None", "True": verified on
-    MLflow 3.17, see tests/test_faults_serving.py), so no check in `predict` could refuse those values.
+    MLflow 3.17, see tests/model/test_faults_serving.py), so no check in `predict` could refuse those values.
     Declared `any`, the values arrive as sent and `texts_from_input` enforces "string" itself; the
     signature still names the required column, and `metadata["input_contract"]` states the type.
 

@@ -17,7 +17,9 @@ from textrnn import data
 from textrnn.config import from_dict
 from textrnn.files import sha256_file
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
+REPO = REPO_ROOT
 AG_NEWS_DIR = Path(os.environ.get("TEXTRNN_AG_NEWS_DIR", REPO.parent / "shared" / "data" / "ag_news"))
 AG_NEWS_TRAIN = AG_NEWS_DIR / "train_head_10429.csv"
 N_ROWS = 10_429

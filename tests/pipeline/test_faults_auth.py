@@ -4,7 +4,7 @@ a build context that holds this checkout's files plus every kind of secret and l
 has: `.dvc/config.local` (the DVC remote's key, where infra/README.md puts it), `.env` files (infra/.env holds
 the stack's passwords), Prefect profiles, MLflow stores, data and models.
 
-That the servers refuse clients without credentials is checked on the real stack by tests/test_scale_out.py.
+That the servers refuse clients without credentials is checked on the real stack by tests/pipeline/test_scale_out.py.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import REPO_ROOT
 from fault_kit import fault
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 COMPOSE_FILE = ROOT / "infra" / "docker-compose.yml"
 
 # Relative to the repository root: what a checkout that has been used for a while holds, none of it for an image.

@@ -23,7 +23,9 @@ from textrnn.config import Config, from_dict
 from textrnn.files import sha256_file
 from textrnn.text import normalize_text
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
+REPO = REPO_ROOT
 CLASSES = ("World", "Sports", "Business", "Sci/Tech")
 
 

@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 from postgres_server import pg_bin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 INFRA = ROOT / "infra"
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 ENV_EXAMPLE = INFRA / ".env.example"
