@@ -263,6 +263,7 @@ class VariantConfig(_Frozen):
     pool: Literal["last", "max", "mean", "attention"] = "last"
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     embed_dropout: Float = Field(0.0, ge=0.0, lt=1.0)
+    token_dropout: Float = Field(0.0, ge=0.0, lt=1.0)  # word dropout: a real token becomes [UNK]
     # Training options (optim.py, train.py): decoupled weight decay on the dense non-bias weights, label
     # smoothing in the loss, linear warmup then a constant or cosine learning rate, stepped per batch.
     weight_decay: Float = Field(0.0, ge=0.0, lt=1.0)

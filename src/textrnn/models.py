@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from textrnn.config import VariantConfig
-from textrnn.tokens import PAD_ID
+from textrnn.tokens import PAD_ID, UNK_ID
 
 EMBEDDING_INIT = 0.05
 _CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -112,6 +112,7 @@ class TextRNN(nn.Module):
             nn.init.zeros_(self.attention.weight)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        token_ids = self._word_dropout(token_ids, lengths, self.variant.token_dropout)
         embedded = self._channel_dropout(self.embedding(token_ids), self.variant.embed_dropout)
         if self.variant.cell == "bag":
             features = self._mean_over_real_steps(embedded, lengths)
@@ -122,6 +123,22 @@ class TextRNN(nn.Module):
         if self.training and self.variant.dropout > 0:
             features = nn.functional.dropout(features, self.variant.dropout)
         return self.head(features)
+
+    def _word_dropout(self, token_ids: torch.Tensor, lengths: torch.Tensor, p: float) -> torch.Tensor:
+        """In training, each real token becomes `[UNK]` with probability `p`: the model cannot lean on any
+        one word, and `[UNK]` learns to stand for a word it has not seen. Pads stay pads.
+
+        Extra pad columns change nothing with a fixed seed: the draws are made time-major ([T, B]), so the
+        first steps' draws do not depend on how many columns follow, from a generator of their own seeded
+        by one draw of the global one, so the later dropout masks do not shift either."""
+        if not self.training or p == 0:
+            return token_ids
+        generator = torch.Generator(device=token_ids.device)
+        generator.manual_seed(int(torch.randint(2**62, (1,))))
+        draws = torch.rand(token_ids.size(1), token_ids.size(0), device=token_ids.device, generator=generator).t()
+        steps = torch.arange(token_ids.size(1), device=lengths.device).unsqueeze(0)
+        dropped = (draws < p) & (steps < lengths.unsqueeze(1))
+        return token_ids.masked_fill(dropped, UNK_ID)
 
     def _channel_dropout(self, values: torch.Tensor, p: float) -> torch.Tensor:
         """Dropout of whole channels of a [B, T, D] tensor: one mask per row, the same at every step.

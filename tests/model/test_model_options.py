@@ -24,7 +24,7 @@ from textrnn import config
 from textrnn.config import ConfigError, VariantConfig
 from textrnn.models import build_model
 from textrnn.optim import make_optimizer, make_scheduler
-from textrnn.tokens import PAD_ID
+from textrnn.tokens import PAD_ID, UNK_ID
 
 from conftest import SMALL_ARCHITECTURE, small_variant
 
@@ -35,7 +35,8 @@ RECURRENT = [(cell, bidirectional) for cell in ("rnn", "lstm", "gru") for bidire
 
 def options_model(pool: str, cell: str, bidirectional: bool, seed: int = 0) -> nn.Module:
     """A small two-layer model (so dropout between layers runs) with both dropouts on."""
-    variant = small_variant(cell=cell, layers=2, bidirectional=bidirectional, pool=pool, dropout=0.3, embed_dropout=0.25)
+    variant = small_variant(cell=cell, layers=2, bidirectional=bidirectional, pool=pool, dropout=0.3, embed_dropout=0.25,
+                            token_dropout=0.2)
     torch.manual_seed(seed)
     model = build_model(variant, VOCAB, CLASSES)
     if pool == "attention":
@@ -116,6 +117,25 @@ def test_in_train_mode_pads_get_no_gradient_and_change_no_real_tokens_gradient(p
     with torch.no_grad():
         assert not torch.allclose(logits, model.eval()(token_ids, lengths), atol=1e-4)
     assert not torch.allclose(logits, train_step_gradients(model.train(), token_ids, lengths, seed=8)[0], atol=1e-4)
+
+
+def test_word_dropout_turns_only_real_tokens_into_unk_and_only_in_training() -> None:
+    model = build_model(small_variant(cell="gru", pool="mean", token_dropout=0.5), VOCAB, CLASSES)
+    seen: list[torch.Tensor] = []
+    model.embedding.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    token_ids, lengths = random_batch(batch=64, seq=30)
+    token_ids = token_ids.clamp(min=2)  # no [UNK] in the input: every [UNK] seen was made by the dropout
+    real = torch.arange(token_ids.size(1)).unsqueeze(0) < lengths.unsqueeze(1)
+    token_ids = token_ids.masked_fill(~real, PAD_ID)
+    torch.manual_seed(3)
+    model.train()(token_ids, lengths)
+    model.eval()(token_ids, lengths)
+    trained, evaluated = seen
+    assert torch.equal(evaluated, token_ids)
+    unk = trained == UNK_ID
+    assert not (unk & ~real).any() and torch.equal(trained[~real], token_ids[~real])
+    assert torch.equal(trained[real & ~unk], token_ids[real & ~unk])
+    assert 0.4 < unk[real].float().mean() < 0.6
 
 
 @pytest.mark.parametrize("variant", [

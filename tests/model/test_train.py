@@ -89,7 +89,7 @@ def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> Non
 
 # Every training option of a variant on at once: dropout draws from torch's RNG and the schedule has state
 # of its own, so a resumed run must restore both to land on the same weights.
-EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1",
+EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1", "token_dropout=0.1",
                                                    "weight_decay=0.01", "label_smoothing=0.1", "warmup_epochs=1.5",
                                                    "schedule=cosine")]
 
