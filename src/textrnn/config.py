@@ -7,184 +7,24 @@ is one line naming the file and the dotted key.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from textrnn.filenames import (
-    BUCKETS_FILE,
-    CHECKPOINT_FILE,
-    CONFUSION_MATRIX_FILE,
-    EVAL_REPORT_FILE,
-    EXPORT_FAILURE_FILE,
-    EXPORT_REPORT_FILE,
-    LEARNING_CURVES_FILE,
-    LINEAGE_FILE,
-    MODEL_FILE,
-    ONNX_FILE,
-    PREDICTIONS_FILE,
-    PREPARED_REPORT_FILE,
-    PROMOTION_FILE,
-    RUN_RECORD_FILE,
-    TOKENIZER_FILE,
-    TRAIN_REPORT_FILE,
-    encoded_split_file,
-    prepared_split_file,
-)
+from textrnn.config_types import MANY, Bool, Float, Frozen, Int, Text
+from textrnn.output_paths import PathsConfig
 from textrnn.params_file import DEFAULT_PARAMS, ConfigError, apply_overrides, read_raw  # noqa: F401 (public here)
 
 
-def _not_a_bool(value: Any) -> Any:
-    # YAML's true/false are Python bools, which are ints to Python and 1.0/0.0 to a lax float.
-    if isinstance(value, bool):
-        raise ValueError("expected a number, not true/false")
-    return value
-
-
-# Strict scalar types for every field: `epochs: true` or `vocab_size: 1e20` (a string to PyYAML) is an
-# error, never a silent 1 or a traceback later. Floats take ints and numeric strings (PyYAML reads
-# `1e-3` as a string; YAML 1.2 and users mean a number) but never bools, NaN or Infinity.
-Int = Annotated[int, Strict()]
-Float = Annotated[float, BeforeValidator(_not_a_bool), Field(allow_inf_nan=False)]
-Bool = Annotated[bool, Strict()]
-Text = Annotated[str, Strict()]
-# Upper bounds where a huge value would overflow a native library (tokenizers, numpy, torch) with a
-# traceback rather than fail cleanly; far above any sane setting.
-MANY = 1_000_000_000
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PathsConfig(_Frozen):
-    """Output locations, relative to the working directory (see `problem` for what is allowed), and
-    every output file in them."""
-
-    prepared: Path = Path("data/prepared")
-    encoded: Path = Field(Path("data/encoded"), description="the encoded ids and tokenizer.json, published together")
-    models: Path = Path("models")
-    metrics: Path = Path("metrics")
-    plots: Path = Path("plots")
-    cache: Path = Path(".cache")
-
-    def resolved(self, root: Path) -> dict[str, Path]:
-        """{key: absolute path} with symlinks followed, relative paths taken from `root`."""
-        return {key: (root / getattr(self, key)).resolve() for key in type(self).model_fields}
-
-    def problem(self, root: Path) -> str | None:
-        """Why these paths are unsafe under working directory `root`, in one line naming the key, or None.
-
-        textrnn replaces output directories whole, so each must lie strictly inside `root` (after
-        following symlinks) and no two may be the same directory or nested in one another.
-        """
-        root = root.resolve()
-        try:
-            resolved = self.resolved(root)
-        except (OSError, RuntimeError, ValueError) as error:  # a symlink loop, a NUL byte
-            return f"paths: cannot resolve an output path ({error})"
-        for key, where in resolved.items():
-            if where == root:
-                return f"paths.{key}: {where} is the working directory itself; name a directory inside it"
-            if not where.is_relative_to(root):
-                return f"paths.{key}: {where} resolves outside the working directory {root}"
-        for (first, first_at), (second, second_at) in itertools.combinations(resolved.items(), 2):
-            if first_at == second_at:
-                return f"paths.{second}: {second_at} is also paths.{first}; each output needs its own directory"
-            for (inner, inner_at), (outer, outer_at) in (((first, first_at), (second, second_at)),
-                                                         ((second, second_at), (first, first_at))):
-                if inner_at.is_relative_to(outer_at):
-                    return f"paths.{inner}: {inner_at} lies inside paths.{outer} ({outer_at}); outputs must not nest"
-        return None
-
-    # ---- prepare and encode
-    def prepared_split(self, split: str) -> Path:
-        return self.prepared / prepared_split_file(split)
-
-    @property
-    def prepared_report(self) -> Path:
-        return self.prepared / PREPARED_REPORT_FILE
-
-    def encoded_split(self, split: str) -> Path:
-        return self.encoded / encoded_split_file(split)
-
-    @property
-    def tokenizer(self) -> Path:
-        # Inside the encoded directory: ids and tokenizer are published in one atomic swap.
-        return self.encoded / TOKENIZER_FILE
-
-    @property
-    def buckets_report(self) -> Path:
-        return self.encoded / BUCKETS_FILE
-
-    @property
-    def encoded_lineage(self) -> Path:
-        return self.encoded / LINEAGE_FILE
-
-    # ---- each variant: train, export, evaluate
-    def model_dir(self, variant: str) -> Path:
-        return self.models / variant
-
-    def model_file(self, variant: str) -> Path:
-        return self.model_dir(variant) / MODEL_FILE
-
-    def checkpoint(self, variant: str) -> Path:
-        return self.model_dir(variant) / CHECKPOINT_FILE
-
-    def run_record(self, variant: str) -> Path:
-        """`models/<V>/mlflow_run.json`: the variant's MLflow run id (null when untracked), written by `train`."""
-        return self.model_dir(variant) / RUN_RECORD_FILE
-
-    def onnx_file(self, variant: str) -> Path:
-        return self.model_dir(variant) / ONNX_FILE
-
-    def served_tokenizer(self, variant: str) -> Path:
-        """The copy of `tokenizer` that export bundles with the graph (the model directory is self-contained)."""
-        return self.model_dir(variant) / TOKENIZER_FILE
-
-    def export_report(self, variant: str) -> Path:
-        return self.model_dir(variant) / EXPORT_REPORT_FILE
-
-    def export_failure(self, variant: str) -> Path:
-        return self.model_dir(variant) / EXPORT_FAILURE_FILE
-
-    def metrics_dir(self, variant: str) -> Path:
-        return self.metrics / variant
-
-    def train_report(self, variant: str) -> Path:
-        return self.metrics_dir(variant) / TRAIN_REPORT_FILE
-
-    def eval_report(self, variant: str) -> Path:
-        return self.metrics_dir(variant) / EVAL_REPORT_FILE
-
-    def plots_dir(self, variant: str) -> Path:
-        return self.plots / variant
-
-    def predictions_file(self, variant: str) -> Path:
-        return self.plots_dir(variant) / PREDICTIONS_FILE
-
-    def confusion_matrix_plot(self, variant: str) -> Path:
-        return self.plots_dir(variant) / CONFUSION_MATRIX_FILE
-
-    def learning_curves_plot(self, variant: str) -> Path:
-        return self.plots_dir(variant) / LEARNING_CURVES_FILE
-
-    # ---- the pipeline
-    @property
-    def promotion_record(self) -> Path:
-        return self.metrics / PROMOTION_FILE
-
-
-class SampleConfig(_Frozen):
+class SampleConfig(Frozen):
     """Size of the embedded, seeded sample corpus (see `textrnn.sample`)."""
 
     train_rows: Int = Field(4000, ge=40, le=100_000_000)
     test_rows: Int = Field(800, ge=8, le=100_000_000)
 
 
-class DataConfig(_Frozen):
+class DataConfig(Frozen):
     source: Literal["hf", "csv", "parquet", "sample"] = Field("hf", description="hf | csv | parquet | sample")
     hf_name: Text = "fancyzhx/ag_news"
     train_path: Path | None = Field(None, description="csv/parquet sources: local files")
@@ -216,13 +56,13 @@ class DataConfig(_Frozen):
         return self
 
 
-class TokenizerConfig(_Frozen):
+class TokenizerConfig(Frozen):
     vocab_size: Int = Field(20000, ge=3, le=10_000_000)
     max_len: Int = Field(200, ge=1, le=1_000_000)
     min_frequency: Int = Field(1, ge=1, le=MANY)
 
 
-class BucketsConfig(_Frozen):
+class BucketsConfig(Frozen):
     """Sort-within-chunks batching (see `textrnn.bucketing`); `enabled: false` batches at random."""
 
     enabled: Bool = Field(True, description="false: plain shuffled batches (the baseline bucketing is measured against)")
@@ -230,7 +70,7 @@ class BucketsConfig(_Frozen):
     token_budget: Int | None = Field(None, ge=1, le=MANY, description="optional cap on tokens per batch")
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(Frozen):
     epochs: Int = Field(8, ge=1, le=1_000_000)
     learning_rate: Float = Field(1e-3, gt=0.0)
     grad_clip: Float = Field(1.0, gt=0.0)
@@ -246,7 +86,7 @@ class TrainConfig(_Frozen):
         1, ge=1, le=4096, description="torch CPU threads per training process (bench/concurrency.py: why 1)")
 
 
-class VariantConfig(_Frozen):
+class VariantConfig(Frozen):
     """One model variant: the architecture `TextRNN` builds and the batch size it trains with, always
     stated; then options, each at the lesson's recipe unless a variant sets it."""
 
@@ -270,6 +110,10 @@ class VariantConfig(_Frozen):
     label_smoothing: Float = Field(0.0, ge=0.0, lt=1.0)
     warmup_epochs: Float = Field(0.0, ge=0.0, le=1_000_000)
     schedule: Literal["constant", "cosine"] = "constant"
+    # The embedding's optimizer for this variant (true: lazy SparseAdam, false: dense Adam); null follows
+    # train.sparse_embedding. Dense Adam keeps moving a rare word's row on its momentum, which lazy Adam does
+    # not (bench/keras_gap.py), at about a third of the speed.
+    sparse_embedding: Bool | None = None
 
     @model_validator(mode="after")
     def _bag_is_a_single_masked_mean(self) -> VariantConfig:
@@ -291,6 +135,9 @@ class Variant(NamedTuple):
 
 def _default_variants() -> dict[str, VariantConfig]:
     lesson = {"embed_dim": 64, "layers": 1, "bidirectional": False, "masked": True, "batch_size": 16}
+    pooled = {"cell": "lstm", "embed_dim": 64, "hidden": 64, "layers": 1, "bidirectional": True, "masked": True,
+              "batch_size": 16, "dropout": 0.5, "embed_dropout": 0.3, "label_smoothing": 0.1, "warmup_epochs": 0.5,
+              "schedule": "cosine", "sparse_embedding": False}
     return {
         "rnn": VariantConfig(**{**lesson, "cell": "rnn", "hidden": 16, "masked": False}),
         "rnn_masked": VariantConfig(**{**lesson, "cell": "rnn", "hidden": 16}),
@@ -299,27 +146,31 @@ def _default_variants() -> dict[str, VariantConfig]:
         "bilstm": VariantConfig(cell="lstm", embed_dim=128, hidden=64, layers=2, bidirectional=True, masked=True,
                                 batch_size=16),
         "bag": VariantConfig(**{**lesson, "cell": "bag", "hidden": 16}),
+        # Beyond the lesson: a pooled BiLSTM, regularised, with dense Adam on the embedding (chosen on one
+        # validation split only: bench/quality.py, README "Models").
+        "bilstm_max": VariantConfig(**pooled, pool="max", token_dropout=0.25),
+        "bilstm_mean": VariantConfig(**pooled, pool="mean", token_dropout=0.4),
     }
 
 
-class TrackingConfig(_Frozen):
+class TrackingConfig(Frozen):
     enabled: Bool = True
     experiment: Text = "textrnn"
 
 
-class RegistryConfig(_Frozen):
+class RegistryConfig(Frozen):
     model_name: Text = "agnews-rnn"
     min_delta: Float = Field(0.0, ge=0.0, description="a new champion must beat the current one by at least this much")
 
 
-class OrchestrationConfig(_Frozen):
+class OrchestrationConfig(Frozen):
     mode: Literal["local", "distributed"] = Field(
         "local", description="local | distributed (train-variant deployments on a work pool)")
     max_concurrency: Int = Field(2, ge=1, le=4096)
     work_pool: Text = "gpu"
 
 
-class Config(_Frozen):
+class Config(Frozen):
     # numpy's legacy seeding takes 0 <= seed < 2**32; one range for every library.
     seed: Int = Field(42, ge=0, lt=2**32)
     paths: PathsConfig = Field(PathsConfig(), description=(
@@ -330,7 +181,8 @@ class Config(_Frozen):
     buckets: BucketsConfig = BucketsConfig()
     train: TrainConfig = TrainConfig()
     variants: dict[str, VariantConfig] = Field(default_factory=_default_variants, description=(
-        "The lesson's models (DESIGN.md), plus `bag`, the bag-of-embeddings baseline that cannot see order. "
+        "The lesson's models (DESIGN.md), `bag`, the bag-of-embeddings baseline that cannot see order, and two "
+        "pooled BiLSTMs that use the options. "
         "A variant states its architecture; an option it leaves out (pool, dropout, ...) keeps the lesson's recipe "
         "(VariantConfig in src/textrnn/config.py)."))
     tracking: TrackingConfig = TrackingConfig()

@@ -6,8 +6,8 @@ it) and is this module's rendering of `Config()`: `textrnn params > params.yaml`
 fails when the committed file is not the current rendering. With `--set`, the command shows the
 resolved config a run would use, in the same form.
 
-Variants are one line each: the architecture always, and an option (pool, dropout, ...) only where it
-differs from its default, so the lesson's six lines stay comparable at a glance.
+Variants are one line each: the architecture always, in aligned columns, so the lesson's six lines compare
+at a glance; an option (pool, dropout, ...) only where it differs from its default, on a second line.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ HEADER = """\
 """
 COMMENT_COLUMN = 32  # where an inline comment starts, as far as the value allows
 COMMENT_WIDTH = 104  # a section's comment lines
+LINE_WIDTH = 118  # where a variant's options wrap
 INDENT = "  "
 
 
@@ -80,18 +81,29 @@ def variant_fields(variant: VariantConfig) -> dict[str, Any]:
 
 
 def _variants(variants: dict[str, VariantConfig]) -> Iterator[str]:
-    """One flow mapping per variant, its columns aligned across the lines that share them."""
+    """One flow mapping per variant: the architecture in columns aligned across the variants, then the
+    options it sets on a continuation line (YAML flow mappings may span lines)."""
+    required = [name for name, field in VariantConfig.model_fields.items() if field.is_required()]
     rows = {name: [f"{key}: {scalar(value)}" for key, value in variant_fields(variant).items()]
             for name, variant in variants.items()}
-    widths: dict[int, int] = {}
-    for cells in rows.values():
-        for column, cell in enumerate(cells):
-            widths[column] = max(widths.get(column, 0), len(cell))
+    widths = [max(len(cells[column]) for cells in rows.values()) for column in range(len(required))]
     name_width = max(len(name) for name in rows) + 1
     for name, cells in rows.items():
-        padded = [cell + "," + " " * (widths[column] - len(cell)) for column, cell in enumerate(cells)]
-        body = " ".join(padded).rstrip().removesuffix(",")
-        yield f"{INDENT}{(name + ':').ljust(name_width)} {{{body}}}"
+        architecture = [cell + "," + " " * (width - len(cell)) for cell, width in zip(cells, widths)]
+        head = f"{INDENT}{(name + ':').ljust(name_width)} {{" + " ".join(architecture).rstrip()
+        options = cells[len(required):]
+        if not options:
+            yield head.removesuffix(",") + "}"
+            continue
+        yield head
+        indent = " " * (len(INDENT) + name_width + 2)
+        line = ""
+        for option in options:
+            if line and len(indent) + len(line) + len(option) + 2 > LINE_WIDTH:
+                yield indent + line + ","
+                line = ""
+            line = f"{line}, {option}" if line else option
+        yield indent + line + "}"
 
 
 def render(cfg: Config) -> str:

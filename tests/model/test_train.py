@@ -91,7 +91,7 @@ def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> Non
 # of its own, so a resumed run must restore both to land on the same weights.
 EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1", "token_dropout=0.1",
                                                    "weight_decay=0.01", "label_smoothing=0.1", "warmup_epochs=1.5",
-                                                   "schedule=cosine")]
+                                                   "schedule=cosine", "sparse_embedding=false")]
 
 
 def _train_command(workspace: Path, *extra: str, options: list[str]) -> list[str]:
@@ -144,6 +144,9 @@ def test_each_training_option_changes_what_is_learnt(workspace: Path) -> None:
         changed = first_epoch(option)
         shared = set(lesson) & set(changed)  # attention adds a weight of its own
         assert any(not torch.equal(lesson[key], changed[key]) for key in shared), option
+    # A variant's sparse_embedding overrides train.sparse_embedding: the same as switching it for all.
+    dense = first_epoch("variants.lstm.sparse_embedding=false")
+    assert all(torch.equal(dense[key], value) for key, value in first_epoch("train.sparse_embedding=false").items())
 
 
 def test_outputs_record_their_inputs_and_training_config(workspace: Path) -> None:
