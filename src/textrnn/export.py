@@ -55,7 +55,10 @@ ONNX_OPSET = 17
 INPUT_NAMES = ("token_ids", "lengths")
 OUTPUT_NAME = "logits"
 DYNAMIC_AXES = {"token_ids": {0: "batch", 1: "seq"}, "lengths": {0: "batch"}, "logits": {0: "batch"}}
-PARITY_ATOL = 1e-5
+# Per unit of logit (see `parity_check`). 1e-5 was too tight: an LSTM trained on real AG News (logits up
+# to 3.8) differed by 4.3e-5 between torch and onnxruntime on 200-step rows, float32 rounding alone, and
+# its correct export was refused. A wrong graph is off by 1e-3 or more (tests/model/test_export.py).
+PARITY_ATOL = 1e-4
 # The traced example: small on purpose, so every parity shape below is new to the graph and most have
 # rows longer than anything the tracer saw.
 EXPORT_EXAMPLE = (2, 5)
@@ -217,8 +220,8 @@ def parity_check(
     max_abs_diff = max(result["max_abs_diff"] for result in results)
     argmax_equal = all(result["argmax_mismatches"] == 0 for result in results)
     # `atol` holds for logits up to 1 in size; beyond that it scales with them. Two float32 kernels
-    # (MKL's RNN in torch, onnxruntime's) differ by a few ulps per step, so a trained model whose logits
-    # reach 20 legitimately differs by ~1e-5 after 200 recurrent steps; a wrong graph differs by far more.
+    # (MKL's RNN in torch, onnxruntime's) differ by a few ulps per step, so a trained model legitimately
+    # differs by a few 1e-5 after 200 recurrent steps; a wrong graph differs by far more.
     tolerance = atol * max(1.0, max_abs_logit)
     return {
         "max_abs_diff": max_abs_diff,
