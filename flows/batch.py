@@ -10,9 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.labels import TEXTRNN_TAG, tag_flow_run
+from flows.logs import textrnn_logs_in_prefect
 from flows.tasks import OUTSIDE_WORLD_RETRIES
 from flows.training import Overrides, load_config
 from textrnn.config import DEFAULT_PARAMS, Config
@@ -51,8 +53,10 @@ def batch_predict(
 ) -> dict[str, Any]:
     """Classify the texts in `input` (CSV with a `text` column, JSONL, or one text per line) with `model`
     and write one JSON record per text to `output`; returns {texts, provider, output, model}."""
-    cfg = load_config(params, overrides)
-    model_dir = resolve_model(model, cfg)
-    result = score(model_dir, input, output, device)
+    tag_flow_run(TEXTRNN_TAG)
+    with textrnn_logs_in_prefect(), tags(TEXTRNN_TAG):  # e.g. the ONNX Runtime provider, in the score task's log
+        cfg = load_config(params, overrides)
+        model_dir = resolve_model(model, cfg)
+        result = score(model_dir, input, output, device)
     get_run_logger().info("scored %d texts with %s on %s -> %s", result["texts"], model, result["provider"], output)
     return {**result, "model": model}

@@ -4,7 +4,8 @@ File-producing steps (prepare, encode, train, export, evaluate) are cached on `f
 JSON results persisted under the workspace, so an unchanged step is skipped on the next run. The
 registry steps (register, promote) are never cached: their answer depends on the registry's state
 now, and both are idempotent. They retry with backoff, as the MLflow server may be briefly away.
-Call the cached tasks through `run_step`, which points them at the workspace's result storage.
+Call the cached tasks through `run_step`, which points them at the workspace's result storage. Each task
+run is named by its step and variant (`train-gru`) and tagged `stage:<step>` (see `flows.labels`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from flows.caching import outputs_from, record_outputs, result_storage, stamp_file, step_cache_key, step_files
+from flows.labels import stage_tag
 from textrnn import steps
 from textrnn.config import Config
 
@@ -28,19 +30,19 @@ OUTSIDE_WORLD_RETRIES = {"retries": 3, "retry_delay_seconds": exponential_backof
 CACHED = {"persist_result": True, "result_serializer": "json", "cache_key_fn": step_cache_key}
 
 
-@task(name="prepare", task_run_name="prepare", **CACHED)
+@task(name="prepare", task_run_name="prepare", tags=[stage_tag("prepare")], **CACHED)
 def prepare(cfg: Config) -> dict[str, Any]:
     """Load, validate and split the source (`data/prepared/`); returns report.json's content."""
     return steps.prepare_step(cfg)
 
 
-@task(name="encode", task_run_name="encode", **CACHED)
+@task(name="encode", task_run_name="encode", tags=[stage_tag("encode")], **CACHED)
 def encode(cfg: Config) -> dict[str, Any]:
     """Fit the tokenizer on train and encode every split; returns the bucket report."""
     return steps.encode_step(cfg)
 
 
-@task(name="train", task_run_name="train-{variant}", **CACHED)
+@task(name="train", task_run_name="train-{variant}", tags=[stage_tag("train")], **CACHED)
 def train(cfg: Config, variant: str, parent_run_id: str | None = None) -> dict[str, Any]:
     """Train one variant; returns train.json's summary (+ `mlflow_run_id` when tracked).
 
@@ -49,25 +51,27 @@ def train(cfg: Config, variant: str, parent_run_id: str | None = None) -> dict[s
     return steps.train_step(cfg, variant, parent_run_id=parent_run_id)
 
 
-@task(name="export", task_run_name="export-{variant}", **CACHED)
+@task(name="export", task_run_name="export-{variant}", tags=[stage_tag("export")], **CACHED)
 def export(cfg: Config, variant: str) -> dict[str, Any]:
     """Export one variant to ONNX with its parity check; returns export.json's content."""
     return steps.export_step(cfg, variant)
 
 
-@task(name="evaluate", task_run_name="evaluate-{variant}", **CACHED)
+@task(name="evaluate", task_run_name="evaluate-{variant}", tags=[stage_tag("evaluate")], **CACHED)
 def evaluate(cfg: Config, variant: str, device: str = "auto") -> dict[str, Any]:
     """Evaluate the exported variant on the test split; returns eval.json's content."""
     return steps.evaluate_step(cfg, variant, device=device)
 
 
-@task(name="register", task_run_name="register-{variant}", cache_policy=NO_CACHE, **OUTSIDE_WORLD_RETRIES)
+@task(name="register", task_run_name="register-{variant}", tags=[stage_tag("register")], cache_policy=NO_CACHE,
+      **OUTSIDE_WORLD_RETRIES)
 def register(cfg: Config, variant: str) -> dict[str, Any]:
     """Register the variant's logged model in the MLflow registry (idempotent for the same model)."""
     return steps.register_step(cfg, variant)
 
 
-@task(name="promote", task_run_name="promote", cache_policy=NO_CACHE, **OUTSIDE_WORLD_RETRIES)
+@task(name="promote", task_run_name="promote", tags=[stage_tag("promote")], cache_policy=NO_CACHE,
+      **OUTSIDE_WORLD_RETRIES)
 def promote(cfg: Config, versions: Sequence[str] | None = None) -> dict[str, Any]:
     """Move alias `champion` to the best of `versions` if it passes the gates; returns the decision."""
     return steps.promote_step(cfg, versions)

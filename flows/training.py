@@ -13,6 +13,9 @@ one whose checkout is at another commit refuses (unless `allow_other_commit`). A
 nothing from this machine's disk: it prepares its data from that config (a cache hit where they already
 exist), logs to MLflow and registers its model; its row comes back through MLflow (`textrnn.results`),
 so no Prefect result storage is shared between machines.
+
+Each flow's body writes textrnn's own log lines into its Prefect runs (`flows.logs`); runs are named and
+tagged as `flows.labels` describes.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
@@ -35,6 +38,16 @@ from prefect.futures import PrefectFuture
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
 from flows import tasks
+from flows.labels import (
+    TEXTRNN_TAG,
+    VARIANT_STAGE,
+    pipeline_run_name,
+    stage_tag,
+    tag_flow_run,
+    variant_run_tags,
+    variant_tag,
+)
+from flows.logs import textrnn_logs_in_prefect
 from flows.resilience import ensure_zombie_automation
 from flows.report import COMPARISON_KEY, comparison_markdown
 from flows.tasks import prepare_options, run_step
@@ -179,23 +192,26 @@ def train_variant_flow(
     evaluation hold this worker's GPU slot. `parent_run_id` nests the variant's MLflow run under the
     pipeline's run, where the variant's result is announced.
     """
-    check_commit(code_commit, allow_other_commit)
-    cfg = config_module.from_dict(config, source="the pipeline's config")
-    cfg.variant(variant)
-    return pipeline.run_variant(cfg, variant, PrefectSteps(device), parent_run_id)
+    tag_flow_run(TEXTRNN_TAG, *variant_run_tags(variant))  # a run started by hand has none of them
+    with textrnn_logs_in_prefect(), tags(TEXTRNN_TAG, variant_tag(variant)):
+        check_commit(code_commit, allow_other_commit)
+        cfg = config_module.from_dict(config, source="the pipeline's config")
+        cfg.variant(variant)
+        return pipeline.run_variant(cfg, variant, PrefectSteps(device), parent_run_id)
 
 
 # ----------------------------------------------------------------------------------- the fan-out
 
 
-@task(name="variant", task_run_name="variant-{variant}", cache_policy=NO_CACHE)
+@task(name="variant", task_run_name="variant-{variant}", tags=[stage_tag(VARIANT_STAGE)], cache_policy=NO_CACHE)
 def run_variant_here(variant: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """Run the variant's flow as a subflow, in the process pool's process that runs this task; returns its
     attribution."""
     return train_variant_flow(variant=variant, **parameters)
 
 
-@task(name="variant-on-worker", task_run_name="variant-{variant}", cache_policy=NO_CACHE)
+@task(name="variant-on-worker", task_run_name="variant-{variant}", tags=[stage_tag(VARIANT_STAGE)],
+      cache_policy=NO_CACHE)
 def run_variant_on_worker(variant: str, parameters: dict[str, Any]) -> dict[str, Any]:
     """Run the variant as a flow run of the `train-variant` deployment and wait for it.
 
@@ -209,6 +225,7 @@ def run_variant_on_worker(variant: str, parameters: dict[str, Any]) -> dict[str,
         flow_run = run_deployment(
             TRAIN_VARIANT_DEPLOYMENT,
             parameters={"variant": variant, **parameters},
+            tags=variant_run_tags(variant),  # added to the deployment's own
             timeout=None,  # wait as long as training takes
         )
         state = flow_run.state
@@ -265,9 +282,10 @@ def fan_out_over_prefect(allow_other_commit: bool) -> pipeline.FanOut:
         # training with `train.threads` threads (1 by default: see textrnn.config.TrainConfig).
         runner_for = (ThreadPoolTaskRunner if distributed else ProcessPoolTaskRunner)(max_workers=width)
         with runner_for as runner:
-            futures: dict[str, PrefectFuture] = {
-                name: runner.submit(run_variant, {"variant": name, "parameters": parameters}) for name in names
-            }
+            futures: dict[str, PrefectFuture] = {}
+            for name in names:
+                with tags(variant_tag(name)):  # the task run, and the local variant flow run it starts
+                    futures[name] = runner.submit(run_variant, {"variant": name, "parameters": parameters})
             for future in futures.values():
                 future.wait()
         attributions, failures = {}, []
@@ -305,7 +323,7 @@ def publish_comparison(rows: list[dict[str, Any]], promotion: dict[str, Any], fa
     )
 
 
-@flow(name="training-pipeline")
+@flow(name="training-pipeline", flow_run_name=pipeline_run_name)
 def training_pipeline(
     params: str = str(DEFAULT_PARAMS),
     variants: list[str] | None = None,
@@ -321,15 +339,18 @@ def training_pipeline(
     step's own error when prepare or encode fails, and PipelineError naming every failed variant (after
     the others finish; nothing is promoted then).
     """
-    cfg = load_config(params, overrides)
-    names = selected_variants(cfg, variants)
-    if cfg.orchestration.mode == "distributed":
-        if not cfg.tracking.enabled:
-            raise PipelineError("orchestration.mode distributed moves models through MLflow: set tracking.enabled=true")
-        check_deployment(cfg)
-        ensure_zombie_automation()  # crashed variant runs are detected, then resubmitted
-    result = pipeline.run(cfg, names, PrefectSteps(), fan_out_over_prefect(allow_other_commit),
-                          parent_run_name=parent_run_name(), parent_run_tags=prefect_run_tags(),
-                          publish=publish_comparison)
+    tag_flow_run(TEXTRNN_TAG)  # a run from the CLI has none; one from the deployment has the deployment's
+    with textrnn_logs_in_prefect(), tags(TEXTRNN_TAG):
+        cfg = load_config(params, overrides)
+        names = selected_variants(cfg, variants)
+        if cfg.orchestration.mode == "distributed":
+            if not cfg.tracking.enabled:
+                raise PipelineError("orchestration.mode distributed moves models through MLflow: "
+                                    "set tracking.enabled=true")
+            check_deployment(cfg)
+            ensure_zombie_automation()  # crashed variant runs are detected, then resubmitted
+        result = pipeline.run(cfg, names, PrefectSteps(), fan_out_over_prefect(allow_other_commit),
+                              parent_run_name=parent_run_name(), parent_run_tags=prefect_run_tags(),
+                              publish=publish_comparison)
     get_run_logger().info("promotion: %s", result["promotion"]["reason"])
     return result
