@@ -1,6 +1,7 @@
 """Write the benchmark tables into README.md from bench/results/*.json (the last step of `make bench`).
 
-Only the block between the two `bench:` markers in the README is replaced; the prose around it, which
+Only the generated blocks are replaced: between the two `bench:` markers (Benchmarks) and the two
+`quality:` markers (the Models section's held-out results); the prose around them, which
 explains the figures, is written by hand. Every table states the machine, threads, data, epochs and load
 average its figures were measured under. A results file that is missing leaves a line saying so.
 
@@ -20,6 +21,8 @@ from compare import fmt, fmt_acc, seeds_row, yes_no
 
 START = "<!-- bench:start: written by `make bench` (bench/readme.py) from bench/results/*.json; do not edit -->"
 END = "<!-- bench:end -->"
+QUALITY_START = "<!-- quality:start: written by bench/readme.py from bench/results/quality.json; do not edit -->"
+QUALITY_END = "<!-- quality:end -->"
 
 
 def load(name: str) -> dict[str, Any] | None:
@@ -171,6 +174,41 @@ def concurrency_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def quality_lines(report: dict[str, Any]) -> list[str]:
+    """The Models section's results table: held-out accuracy by the protocol of bench/quality.py."""
+    protocol, summary = report["protocol"], report["summary"]
+    bag = next((entry["test_accuracy"]["mean"] for entry in summary if entry["variant"] == "bag"), None)
+    seeds = ", ".join(str(seed) for seed in protocol["seeds"])
+    lines = [
+        f"**Held-out accuracy on real AG News** (`bench/quality.py`; {machine_text(report['machine'])}). The "
+        f"{protocol['rows']:,} shared rows were split once, before any option was chosen, into a stratified "
+        f"{protocol['fold_fraction']:.0%} held-out fold ({protocol['fold_rows']:,} rows, seed {protocol['fold_seed']}) and "
+        f"the pool ({protocol['pool_rows']:,} rows). Each variant trains on the pool as the pipeline does (its own "
+        f"stratified 90/10 train/val split, up to {protocol['epochs']} epochs, early stopping on validation loss with "
+        f"patience {protocol['patience']}), is exported to ONNX and scored on the fold. Seeds {seeds} (each a new "
+        "val split, initialisation and batch order); mean ± sample standard deviation. The new variants' options "
+        "were chosen on seed 42's validation split only, never on the fold (every trial is in "
+        "`bench/results/quality_trials.json`).",
+        "",
+        "| variant | held-out accuracy | − bag | held-out macro-F1 | val accuracy | best epoch | per seed |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for entry in summary:
+        accuracy = entry["test_accuracy"]
+        versus = f"{accuracy['mean'] - bag:+.3f}" if bag is not None else "–"
+        lines.append(
+            f"| `{entry['variant']}` | {accuracy['mean']:.3f} ± {accuracy['sd']:.3f} | {versus} | "
+            f"{entry['test_macro_f1']['mean']:.3f} ± {entry['test_macro_f1']['sd']:.3f} | "
+            f"{entry['best_val_accuracy']['mean']:.3f} | {entry['best_epoch']['mean']:.1f} | "
+            f"{' / '.join(f'{value:.3f}' for value in accuracy['each'])} |")
+    return lines
+
+
+def quality_block() -> str:
+    report = load("quality")
+    return "\n".join(quality_lines(report)) if report else "`bench/results/quality.json` is missing: run `bench/quality.py`."
+
+
 def block() -> str:
     """The generated Markdown between the markers."""
     reports = {name: load(name) for name in ("compare", "train_throughput", "inference", "concurrency")}
@@ -183,17 +221,26 @@ def block() -> str:
     return "\n\n".join("\n".join(lines) for lines in sections)
 
 
+# Each generated block of the README: (start marker, end marker) -> what goes between them.
+BLOCKS = {
+    (START, END): block,
+    (QUALITY_START, QUALITY_END): quality_block,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if the README's tables are out of date")
     args = parser.parse_args()
     text = args.readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{args.readme}: no benchmark block (the lines {START!r} and {END!r})")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    updated = f"{head}{START}\n{block()}\n{END}{tail}"
+    updated = text
+    for (start, end), render in BLOCKS.items():
+        if start not in updated or end not in updated:
+            raise SystemExit(f"{args.readme}: no generated block (the lines {start!r} and {end!r})")
+        head, rest = updated.split(start, 1)
+        _, tail = rest.split(end, 1)
+        updated = f"{head}{start}\n{render()}\n{end}{tail}"
     if args.check:
         sys.exit(0 if updated == text else 1)
     args.readme.write_text(updated, encoding="utf-8")
