@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from textrnn import config as config_module
-from textrnn import stopping
+from textrnn import stopping, terminal
 from textrnn.config import DEFAULT_PARAMS, Config
 from textrnn.errors import Terminated, TextrnnError
 
@@ -32,10 +31,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-# No markup and no highlighting anywhere: what we print holds user text, paths and lists, and rich would
-# read `[/]` or `[bold]` in them as markup (and fail on some of it).
-console = Console(markup=False, highlight=False)
-err_console = Console(stderr=True, markup=False, highlight=False)
+console = terminal.console()
+err_console = terminal.console(stderr=True)
 log = logging.getLogger("textrnn")
 
 ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read.")]
@@ -53,7 +50,9 @@ WaitOption = Annotated[
 
 @app.callback()
 def main(
-    verbose: Annotated[int, typer.Option("--verbose", "-V", count=True, help="More logs (-V info, -VV debug).")] = 0,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-V", count=True, metavar="", help="More logs (-V info, -VV debug).")
+    ] = 0,
 ) -> None:
     """Configure quiet, structured logging: key=value lines on stderr, warnings only by default."""
     level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from textrnn import terminal
 from textrnn.errors import TextrnnError
 
 log = logging.getLogger("textrnn")
@@ -33,7 +34,8 @@ def seed_everything(seed: int, threads: int | None = None) -> None:
 
 
 def progress_bar(show: bool) -> Progress:
-    """A rich progress bar with a live samples/s column (fed through the task's `rate` field)."""
+    """A rich progress bar with a live samples/s column (fed through the task's `rate` field) and, once the
+    task is done, what it ended with (its `result` field: an epoch's validation loss and accuracy)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -41,6 +43,8 @@ def progress_bar(show: bool) -> Progress:
         TextColumn("{task.fields[rate]:>8.0f} samples/s"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[result]}"),
+        console=terminal.console(),
         disable=not show,
         transient=False,
     )

@@ -58,7 +58,7 @@ def resolve_model(ref: str, cfg: Config) -> Path:
     """The local model directory (model.onnx + tokenizer.json) that `--model REF` names.
 
     REF is a variant name (-> `paths.models/<V>`), a path to a model directory, or an MLflow model URI
-    (`models:/agnews-rnn@champion`, `models:/name/3`, `runs:/<id>/model`), downloaded from the tracking
+    (`models:/agnews-rnn@champion`, `models:/name/3`, `runs:/<id>/<variant>`), downloaded from the tracking
     server ($MLFLOW_TRACKING_URI, else ./mlflow.db) into `paths.cache/mlflow-models/`.
     """
     if ref.startswith(MLFLOW_MODEL_URI_PREFIXES):
@@ -90,7 +90,7 @@ def write_predictions_jsonl(classifier: OnnxClassifier, texts: list[str], output
 
 def _write_predictions(classifier: OnnxClassifier, texts: list[str], output: Path, show_progress: bool) -> None:
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as handle, progress_bar(show_progress) as bar:
-        task = bar.add_task(f"scoring {len(texts)} texts", total=len(texts), rate=0.0)
+        task = bar.add_task(f"scoring {len(texts)} texts", total=len(texts), rate=0.0, result="")
         started = time.perf_counter()
         for start in range(0, len(texts), PREDICT_CHUNK):
             chunk = texts[start : start + PREDICT_CHUNK]

@@ -112,17 +112,17 @@ def _train_epoch(
     cfg: Config,
     device: torch.device,
     progress,
+    task,
     description: str,
 ) -> tuple[float, float, float, float]:
     """One pass over the train split, stepping `schedule` (if any) after each optimizer step; returns
-    (loss, accuracy, samples/s, padding efficiency), the loss being `loss_fn`'s.
+    (loss, accuracy, samples/s, padding efficiency), the loss being `loss_fn`'s. Advances `task` of `progress`.
 
     Raises TrainingDiverged at the first step whose loss or gradient norm is not finite (before the
     optimizer applies it), naming `description` (variant and epoch) and the step."""
     model.train()
     parameters = list(model.parameters())
     batches = sampler.batches()
-    task = progress.add_task(description, total=len(split.labels), rate=0.0)
     total_loss = correct = seen = 0
     started = time.perf_counter()
     for step, rows in enumerate(batches, start=1):
@@ -144,7 +144,6 @@ def _train_epoch(
         seen += len(rows)
         progress.update(task, advance=len(rows), rate=seen / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
-    progress.remove_task(task)
     return total_loss / seen, correct / seen, seen / seconds, padding_efficiency(split.texts.lengths, batches)
 
 
@@ -295,8 +294,11 @@ def train_variant(
             epoch = state["epoch"] + 1
             sampler.set_epoch(epoch)
             started = time.perf_counter()
+            # Each epoch keeps its bar, and ends it with its validation figures: the run reads as a table.
+            task = progress.add_task(f"{name} epoch {epoch}/{cfg.train.epochs}", total=len(train_split.labels),
+                                     rate=0.0, result="")
             train_loss, train_acc, rate, efficiency = _train_epoch(
-                model, optimizer, schedule, loss_fn, train_split, sampler, cfg, device, progress,
+                model, optimizer, schedule, loss_fn, train_split, sampler, cfg, device, progress, task,
                 f"{name} epoch {epoch}/{cfg.train.epochs}",
             )
             val_logits = predict_logits(model, val_split, 256, device)
@@ -312,6 +314,7 @@ def train_variant(
             )
             _check_finite("validation loss", metrics.val_loss, f"{name} epoch {epoch}/{cfg.train.epochs}", cfg,
                           EXPLODED_LOSS)
+            progress.update(task, result=f"val loss {metrics.val_loss:.4f}  val acc {metrics.val_accuracy:.4f}")
             state["epoch"] = epoch
             state["wall_seconds"] += metrics.seconds
             state["history"].append(asdict(metrics))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from textrnn.cli import app
 
 from conftest import PARAMS, SMALL_SAMPLE, path_overrides
+from fault_kit import cli
 
 runner = CliRunner()
 
@@ -35,6 +37,22 @@ def test_prepare_encode_train_evaluate_compare(tmp_path: Path) -> None:
     assert "padding efficiency at batch 64" in run(tmp_path, "encode").output
     table = run(tmp_path, "compare")
     assert table.exit_code == 0 and "bag" in table.output and "accuracy" in table.output
+    # Piped (a real process whose stdout is not a terminal), a table wider than 80 columns is not cut: the
+    # same results under a long variant name keep every column on one line.
+    wide = "bag_under_a_name_long_enough_to_push_the_table_well_past_eighty_columns"
+    shutil.copytree(tmp_path / "metrics" / "bag", tmp_path / "metrics" / wide)
+    overrides = [*SMALL_SAMPLE, *path_overrides(tmp_path), f"variants.{wide}={{cell: bag, embed_dim: 64, hidden: 16, "
+                 "layers: 1, bidirectional: false, masked: true, batch_size: 16}"]
+    piped = cli(tmp_path, "compare", "--params", str(PARAMS), *(a for o in overrides for a in ("--set", o)))
+    row = next(line for line in piped.stdout.splitlines() if wide in line)
+    assert "yes" in row and "0.9" in row, piped.stdout  # masked, and the padding efficiency: the last column
+    # With --progress each epoch keeps its bar, ending in its validation figures.
+    overrides = [*SMALL_SAMPLE, *path_overrides(tmp_path), "train.epochs=2", "train.patience=5"]
+    shown = cli(tmp_path, "train", "--variant", "bag", "--progress", "--params", str(PARAMS),
+                *(a for o in overrides for a in ("--set", o)))
+    bars = [line for line in shown.stdout.splitlines() if line.startswith("bag epoch ")]
+    assert [line.split()[2] for line in bars] == ["1/2", "2/2"], shown.stdout
+    assert all("samples/s" in line and "val loss" in line and "val acc" in line for line in bars), shown.stdout
 
 
 def test_unknown_params_key_and_bad_override(tmp_path: Path) -> None:
