@@ -64,7 +64,6 @@ from textrnn.pyfunc import model_spec  # noqa: E402
 log = logging.getLogger("textrnn")
 
 PARENT_RUN_ENV = "TEXTRNN_MLFLOW_PARENT_RUN_ID"
-MODEL_NAME = "model"  # the pyfunc's name inside its run
 # The registry's dataset digest column holds 36 characters; the full sha256 goes in the input's tags.
 DIGEST_CHARS = 32
 
@@ -115,6 +114,15 @@ def kill_orphaned_runs(parent_run_id: str, variant: str) -> list[str]:
     return [run.info.run_id for run in orphans]
 
 
+def _context_tags() -> dict[str, str]:
+    """What MLflow's fluent `start_run` records about who ran what (`mlflow.user`, `mlflow.source.name`,
+    `mlflow.source.type`, ...), from MLflow's own context providers: runs made with `MlflowClient.create_run`
+    get none, and the UI's Source and User columns stay empty."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return resolve_tags({})
+
+
 @stopping.deferred()
 def start_pipeline_run(cfg: Config, name: str | None = None, tags: dict[str, str] | None = None) -> str:
     """Create the parent run of one pipeline invocation, with extra `tags` (e.g. the orchestrator's run id),
@@ -126,7 +134,7 @@ def start_pipeline_run(cfg: Config, name: str | None = None, tags: dict[str, str
             experiment_id,
             run_name=name or f"pipeline {time.strftime('%Y-%m-%d %H:%M:%S')}",
             # The whole resolved config, as handed to every variant's flow run, by its fingerprint.
-            tags={**run_tags(cfg), "run_kind": "pipeline", "variants": ",".join(cfg.variants),
+            tags={**_context_tags(), **run_tags(cfg), "run_kind": "pipeline", "variants": ",".join(cfg.variants),
                   "config_sha256": config_sha256(cfg), **(tags or {})},
         )
         _log_params(client, run.info.run_id, shared_params(cfg))
@@ -153,7 +161,7 @@ def _dvc_parent_run(cfg: Config, experiment_id: str, exp_name: str) -> str:
     if found:
         return found[0].info.run_id
     run = client.create_run(
-        experiment_id, run_name=f"dvc {exp_name}", tags={**run_tags(cfg), "run_kind": "pipeline"}
+        experiment_id, run_name=f"dvc {exp_name}", tags={**_context_tags(), **run_tags(cfg), "run_kind": "pipeline"}
     )
     _log_params(client, run.info.run_id, shared_params(cfg))
     client.set_terminated(run.info.run_id)
@@ -177,7 +185,7 @@ def _create_variant_run(cfg: Config, variant: Variant, experiment_id: str, paren
     """A new run for `variant` with its params and tags, recorded in `models/<V>/mlflow_run.json`."""
     client = MlflowClient()
     parent = resolve_parent(cfg, experiment_id, parent_run_id)
-    tags = {**run_tags(cfg), "run_kind": "variant", "variant": variant.name}
+    tags = {**_context_tags(), **run_tags(cfg), "run_kind": "variant", "variant": variant.name}
     if parent:
         tags["mlflow.parentRunId"] = parent  # the UI nests runs by this tag
     run = client.create_run(experiment_id, run_name=variant.name, tags=tags)
@@ -368,7 +376,7 @@ def _example_texts(cfg: Config) -> list[str]:
 
 @stopping.deferred()
 def log_model(cfg: Config, variant: str) -> str:
-    """Log the exported variant as the pyfunc `model` of the active run; returns its MLflow model id.
+    """Log the exported variant as a pyfunc named after it in the active run; returns its MLflow model id.
 
     The model (`textrnn.pyfunc.model_spec`) bundles `models/<V>/model.onnx`, `tokenizer.json` and
     export.json, textrnn's own code, the `text`-column signature, an input example and pinned pip
@@ -380,14 +388,14 @@ def log_model(cfg: Config, variant: str) -> str:
     classifier = OnnxClassifier.from_model_dir(model_dir, device="cpu")  # verifies the graph first
     spec = model_spec(model_dir, classifier.classes, _example_texts(cfg))
     spec["metadata"]["variant"] = variant
-    info = mlflow.pyfunc.log_model(name=MODEL_NAME, pip_requirements=pip_requirements(), **spec)
+    info = mlflow.pyfunc.log_model(name=variant, pip_requirements=pip_requirements(), **spec)
     mlflow.set_tags({"model_id": info.model_id, "onnx_sha256": sha256_file(cfg.paths.onnx_file(variant))})
     return info.model_id
 
 
 def download_model(model_uri: str, destination: Path | str) -> Path:
     """Download an MLflow model logged by `log_model` (`models:/name@alias`, `models:/name/3`,
-    `runs:/<id>/model`, ...) to `destination`, replacing what was there; returns the directory holding
+    `runs:/<id>/<variant>`, ...) to `destination`, replacing what was there; returns the directory holding
     its `model.onnx` and `tokenizer.json` (`destination/artifacts`).
 
     Raises TrackingError (one line) when the server is unreachable, the model does not exist, or it is

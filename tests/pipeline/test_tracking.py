@@ -164,6 +164,9 @@ def test_every_variant_logs_the_same_metrics_params_and_tags(tracked: Tracked) -
         assert tags["variant"] == variant and tags["device"] == "cpu"
         assert tags["onnx_provider"] == "CPUExecutionProvider" and tags["onnx_parity_passed"] == "true"
         assert len(tags["data_sha256"]) == 64
+        # Who ran it and from what, as MLflow's own start_run records; the logged model carries the variant's name.
+        assert tags["mlflow.user"] and tags["mlflow.source.name"] and tags["mlflow.source.type"] == "LOCAL"
+        assert client.get_logged_model(tags["model_id"]).name == variant
 
 
 def test_prepared_splits_are_logged_as_dataset_inputs(tracked: Tracked) -> None:
