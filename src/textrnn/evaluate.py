@@ -99,17 +99,32 @@ def _write_json(path: Path, payload: Any) -> None:
 
 def write_evaluation(cfg: Config, variant_name: str, labels: np.ndarray, probabilities: np.ndarray,
                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compute metrics, write eval.json and the plots; returns the eval.json payload."""
+    """Compute metrics, write eval.json, the headline metrics and the plots; returns the eval.json payload."""
     report = {"variant": variant_name, **classification_metrics(labels, probabilities, cfg.data.classes), **(extra or {})}
     paths = cfg.paths
     predictions = _prediction_records(labels, probabilities.argmax(axis=1), report["classes"])
     _write_json(paths.predictions_file(variant_name), predictions)
     plot_confusion_matrix(report["confusion_matrix"], report["classes"], paths.confusion_matrix_plot(variant_name))
     train_summary = paths.train_report(variant_name)
-    if train_summary.is_file():
-        plot_learning_curves(read_json(train_summary)["history"], variant_name, paths.learning_curves_plot(variant_name))
+    trained = read_json(train_summary) if train_summary.is_file() else {}
+    if trained:
+        plot_learning_curves(trained["history"], variant_name, paths.learning_curves_plot(variant_name))
     _write_json(paths.eval_report(variant_name), report)
+    _write_json(paths.headline_metrics(variant_name), headline(report, trained))
     return report
+
+
+HEADLINE_KEYS = ("test_accuracy", "test_macro_f1", "inference_latency_ms_b1")
+
+
+def headline(report: dict[str, Any], trained: dict[str, Any]) -> dict[str, float]:
+    """The few numbers that compare variants at a glance (`dvc metrics show`, one row each): eval.json's
+    test accuracy, macro-F1 and batch-1 latency, and train.json's best validation accuracy. eval.json and
+    train.json keep the rest (per-class figures, config, history) as plain outputs."""
+    numbers = {key: float(report[key]) for key in HEADLINE_KEYS if key in report}
+    if "best_val_accuracy" in trained:
+        numbers["best_val_accuracy"] = float(trained["best_val_accuracy"])
+    return numbers
 
 
 def _prediction_records(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> list[dict[str, str]]:

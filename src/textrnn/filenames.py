@@ -18,6 +18,7 @@ EXPORT_REPORT_FILE = "export.json"  # models/<V>: the published graph's parity r
 EXPORT_FAILURE_FILE = "export.failed.json"  # models/<V>: what a failed export measured; no step reads it
 TRAIN_REPORT_FILE = "train.json"  # metrics/<V>
 EVAL_REPORT_FILE = "eval.json"  # metrics/<V>
+HEADLINE_FILE = "headline.json"  # metrics/<V>: the few numbers `dvc metrics show` compares
 PROMOTION_FILE = "promotion.json"  # metrics/
 PREDICTIONS_FILE = "predictions.json"  # plots/<V>
 CONFUSION_MATRIX_FILE = "confusion_matrix.png"  # plots/<V>

@@ -13,6 +13,7 @@ from textrnn.filenames import (
     CHECKPOINT_FILE,
     CONFUSION_MATRIX_FILE,
     EVAL_REPORT_FILE,
+    HEADLINE_FILE,
     EXPORT_FAILURE_FILE,
     EXPORT_REPORT_FILE,
     LEARNING_CURVES_FILE,
@@ -129,6 +130,9 @@ class PathsConfig(Frozen):
 
     def eval_report(self, variant: str) -> Path:
         return self.metrics_dir(variant) / EVAL_REPORT_FILE
+
+    def headline_metrics(self, variant: str) -> Path:
+        return self.metrics_dir(variant) / HEADLINE_FILE
 
     def plots_dir(self, variant: str) -> Path:
         return self.plots / variant

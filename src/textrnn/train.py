@@ -212,8 +212,8 @@ def variant_outputs(cfg: Config, variant: Variant, *, resume: bool = False, run_
     paths = cfg.paths
     # model.pt, and what later steps make from it (export.py, evaluate.py): a new training run clears them all.
     path_of = [paths.model_file, paths.onnx_file, paths.export_report, paths.served_tokenizer, paths.export_failure,
-               paths.train_report, paths.eval_report, paths.predictions_file, paths.confusion_matrix_plot,
-               paths.learning_curves_plot]
+               paths.train_report, paths.eval_report, paths.headline_metrics, paths.predictions_file,
+               paths.confusion_matrix_plot, paths.learning_curves_plot]
     if not resume:
         path_of.append(paths.checkpoint)
     if run_record:

@@ -288,13 +288,22 @@ def test_metrics_are_not_git_ignored(project: Project) -> None:
     assert not ignored, ".gitignore must not ignore metrics/: DVC's metrics are committed to git"
 
 
-def test_metrics_show_lists_every_variant(project: Project) -> None:
+def test_metrics_show_lists_every_variant_in_120_columns(project: Project) -> None:
     shown = json.loads(project.dvc("metrics", "show", "--json"))
     files = shown[""]["data"]
+    assert set(files) == {f"metrics/{variant}/headline.json" for variant in VARIANTS}
     for variant in VARIANTS:
-        accuracy = files[f"metrics/{variant}/eval.json"]["data"]["test_accuracy"]
-        assert accuracy == project.first_metrics[f"metrics/{variant}/eval.json"]["test_accuracy"]
-        assert "best_val_accuracy" in files[f"metrics/{variant}/train.json"]["data"]
+        headline = files[f"metrics/{variant}/headline.json"]["data"]
+        evaluated = project.first_metrics[f"metrics/{variant}/eval.json"]
+        assert headline["test_accuracy"] == evaluated["test_accuracy"]
+        assert headline["test_macro_f1"] == evaluated["test_macro_f1"]
+        assert headline["best_val_accuracy"] == project.first_metrics[f"metrics/{variant}/train.json"]["best_val_accuracy"]
+        assert all(isinstance(value, float) for value in headline.values())
+    table = project.dvc("metrics", "show").splitlines()
+    # Rows are files, so the width grows only with the longest path: allow for the defaults' longest name.
+    longer_names = max(len(name) for name in config.Config().variants) - max(len(name) for name in VARIANTS)
+    assert len(table) == 1 + len(VARIANTS), "\n".join(table)
+    assert max(len(line) for line in table) + longer_names <= 120, "\n".join(table)
 
 
 def test_params_diff_shows_a_change(project: Project) -> None:
@@ -425,7 +434,8 @@ def test_exp_run_with_more_epochs(project: Project) -> None:
     rows = json.loads(project.dvc("exp", "show", "--json"))
     experiments = {rev.get("name"): rev for row in rows for group in row.get("experiments") or [] for rev in group["revs"]}
     assert name in experiments, [*experiments]
-    assert experiments[name]["data"]["metrics"][path]["data"]["epochs_run"] == 2
+    headline = experiments[name]["data"]["metrics"][f"metrics/{variant}/headline.json"]["data"]
+    assert headline["best_val_accuracy"] == trained["best_val_accuracy"]
 
     client = MlflowClient(project.env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("textrnn")
