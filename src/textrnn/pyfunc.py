@@ -186,9 +186,12 @@ def model_spec(model_dir: Path | str, classes: Sequence[str], example_texts: Seq
     textrnn installed), the signature, the input example, the default model_config and the contract.
     The caller adds `name`, `pip_requirements` and its own `metadata` entries."""
     import textrnn
+    from textrnn import pyfunc_model
 
     return {
-        "python_model": TextClassifierModel(),
+        # Models from code (pyfunc_model.py): no pickled instance in the logged model. Imported here, not
+        # just named, so the export's DVC stage records it among the modules it depends on.
+        "python_model": pyfunc_model.__file__,
         "artifacts": model_artifacts(model_dir),
         "code_paths": [str(Path(textrnn.__file__).parent)],
         "signature": signature(classes),

@@ -181,6 +181,16 @@ def test_prepared_splits_are_logged_as_dataset_inputs(tracked: Tracked) -> None:
         assert str((tracked.cfg.paths.prepared / f"{split}.parquet").resolve()) in logged.dataset.source
 
 
+def test_the_logged_model_is_code_not_a_pickle(tracked: Tracked, tmp_path: Path) -> None:
+    """Models from code: the logged pyfunc holds pyfunc_model.py's source, no pickled instance."""
+    import mlflow
+
+    model_id = tracked.client.get_run(tracked.run_id("bag")).data.tags["model_id"]
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=str(tmp_path)))
+    assert not list(local.rglob("*.pkl"))
+    assert (local / "pyfunc_model.py").is_file() and "model_code_path" in (local / "MLmodel").read_text()
+
+
 def test_artifacts_can_be_downloaded(tracked: Tracked, tmp_path: Path) -> None:
     import mlflow
 
