@@ -197,7 +197,19 @@ def train_variant_flow(
         check_commit(code_commit, allow_other_commit)
         cfg = config_module.from_dict(config, source="the pipeline's config")
         cfg.variant(variant)
-        return pipeline.run_variant(cfg, variant, PrefectSteps(device), parent_run_id)
+        attributed = pipeline.run_variant(cfg, variant, PrefectSteps(device), parent_run_id)
+        if cfg.tracking.enabled and attributed["mlflow_run_id"] and not attributed["train_cached"]:
+            link_mlflow_run(cfg, attributed["mlflow_run_id"])
+        return attributed
+
+
+def link_mlflow_run(cfg: Config, run_id: str) -> None:
+    """Tag the variant's MLflow run with this flow run, which trained it (a cached variant's run keeps the
+    flow run that made it)."""
+    from textrnn import runs, tracking
+
+    tracking.connect(cfg)
+    runs.set_tags(run_id, prefect_run_tags())
 
 
 # ----------------------------------------------------------------------------------- the fan-out
@@ -309,10 +321,13 @@ def parent_run_name() -> str:
 
 
 def prefect_run_tags() -> dict[str, str]:
-    """Tags that link an MLflow run to the Prefect flow run it belongs to."""
+    """Tags that link an MLflow run to the Prefect flow run it belongs to: its id, name and page in the UI."""
     from prefect.runtime import flow_run
 
-    return {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+    tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+    if flow_run.ui_url:
+        tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
 
 
 def publish_comparison(rows: list[dict[str, Any]], promotion: dict[str, Any], failures: list[str]) -> None:

@@ -75,6 +75,12 @@ def is_stale(run: Any) -> bool:
 
 
 @stopping.deferred()
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    """Tag a run that may be at rest (e.g. link it to the orchestrator's run that made it)."""
+    MlflowClient().log_batch(run_id, tags=[mlflow.entities.RunTag(key, value) for key, value in tags.items()])
+
+
+@stopping.deferred()
 def close_if_stale(client: MlflowClient, run_id: str) -> bool:
     """Mark run `run_id` KILLED when `is_stale`; returns whether it did."""
     run = client.get_run(run_id)

@@ -236,6 +236,7 @@ def wait_for_lines(client: Any, pipeline_id: Any, expected: dict[str, str]) -> P
 class LocalRun:
     runs: PipelineRuns
     terminal: str  # what `textrnn pipeline` printed, its process-pool processes included
+    mlflow_url: str
 
 
 def _pipeline_ids(client: Any) -> set[Any]:
@@ -275,7 +276,7 @@ def local(stack: Stack) -> LocalRun:
     with prefect_client(stack) as client:
         (pipeline_id,) = _pipeline_ids(client) - before
         runs = wait_for_lines(client, pipeline_id, expected_lines(LOCAL_VARIANTS))
-    return LocalRun(runs=runs, terminal=answer.stdout + answer.stderr)
+    return LocalRun(runs=runs, terminal=answer.stdout + answer.stderr, mlflow_url=stack.mlflow_url)
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +348,20 @@ def test_local_runs_are_named_and_tagged(local: LocalRun) -> None:
     assert sorted(name for name in runs.flow_runs if name != "pipeline") == [f"train-{v}" for v in LOCAL_VARIANTS]
     for variant in LOCAL_VARIANTS:
         _assert_variant_tags(runs, variant)
+
+
+@pytest.mark.slow
+def test_each_variants_mlflow_run_links_to_the_flow_run_that_trained_it(local: LocalRun) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(local.mlflow_url)
+    experiment = client.get_experiment_by_name("textrnn")
+    for variant in LOCAL_VARIANTS:
+        (run,) = client.search_runs([experiment.experiment_id], f"tags.variant = '{variant}'")
+        flow_run = local.runs.flow_runs[f"train-{variant}"]
+        assert run.data.tags["prefect.flow_run_id"] == str(flow_run.id)
+        assert run.data.tags["prefect.flow_run_name"] == f"train-{variant}"
+        assert run.data.tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{flow_run.id}")
 
 
 @pytest.mark.slow
