@@ -59,6 +59,8 @@ def main(
     # The libraries we drive log every run and task at INFO; read before they are imported, so set here.
     for variable in ("PREFECT_LOGGING_LEVEL", "MLFLOW_LOGGING_LEVEL"):
         os.environ.setdefault(variable, logging.getLevelName(level))
+    # MLflow draws a download bar for every artifact it fetches (loading a logged model to check it, too).
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if verbose else "false")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
     root = logging.getLogger("textrnn")

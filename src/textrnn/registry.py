@@ -10,6 +10,8 @@ moves the alias when the gate passes, and records every decision as version tags
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import time
@@ -87,7 +89,9 @@ def register_variant(cfg: Config, variant: str, trained_config: dict[str, Any] |
         tags = _version_tags(variant, run)
         version = _existing_version(client, name, run.info.run_id, model_id)
         if version is None:
-            version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
+            # MLflow prints "Successfully registered model ..." to stderr; our INFO line below says it, quietly.
+            with contextlib.redirect_stderr(io.StringIO()):
+                version = mlflow.register_model(f"models:/{model_id}", name, tags=tags)
         else:
             for key, value in tags.items():
                 client.set_model_version_tag(name, version.version, key, value)
