@@ -418,6 +418,21 @@ def test_changing_one_variant_reruns_only_that_variant(project: Project) -> None
     assert ran_stages(output) == expected, output[-3000:]
 
 
+def test_a_failing_prepare_under_dvc_keeps_the_data_it_would_replace(project: Project) -> None:
+    """The README's first command offline (the Hub source, no network): DVC must not delete data/prepared
+    before `textrnn prepare` fails, or a demo's data is gone (the outs are `persist: true`)."""
+    prepared = project.root / "data" / "prepared"
+    before = {path.name: path.read_bytes() for path in prepared.iterdir() if path.is_file()}
+    edit_params(project.root, "data.source", "hf")
+    try:
+        failed = run(["dvc", "repro", "--single-item", "prepare"], project.root,
+                     {**project.env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}, check=False)
+    finally:
+        project.git("checkout", "--", "params.yaml")
+    assert "failed to reproduce 'prepare'" in failed.lower() or "error" in failed.lower(), failed[-2000:]
+    assert {path.name: path.read_bytes() for path in prepared.iterdir() if path.is_file()} == before
+
+
 def test_exp_run_with_more_epochs(project: Project) -> None:
     from mlflow.tracking import MlflowClient
 
