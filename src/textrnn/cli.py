@@ -378,5 +378,7 @@ def pipeline(
     print_pipeline(console, training_pipeline(params=str(params), variants=names, overrides=list(set_ or [])))
 
 
+from textrnn import cli_tune  # noqa: E402, F401 - registers `textrnn tune` on the app
+
 if __name__ == "__main__":
     app()

@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from textrnn.config_types import MANY, Bool, Float, Frozen, Int, Text
 from textrnn.output_paths import PathsConfig
 from textrnn.params_file import DEFAULT_PARAMS, ConfigError, apply_overrides, read_raw  # noqa: F401 (public here)
+from textrnn.tune_config import TuneConfig
 
 
 class SampleConfig(Frozen):
@@ -114,6 +115,9 @@ class VariantConfig(Frozen):
     # train.sparse_embedding. Dense Adam keeps moving a rare word's row on its momentum, which lazy Adam does
     # not (bench/keras_gap.py), at about a third of the speed.
     sparse_embedding: Bool | None = None
+    # This variant's learning rate; null follows train.learning_rate. What `textrnn tune --apply` writes
+    # when a study tuned it.
+    learning_rate: Float | None = Field(None, gt=0.0)
 
     @model_validator(mode="after")
     def _bag_is_a_single_masked_mean(self) -> VariantConfig:
@@ -188,6 +192,9 @@ class Config(Frozen):
     tracking: TrackingConfig = TrackingConfig()
     registry: RegistryConfig = RegistryConfig()
     orchestration: OrchestrationConfig = OrchestrationConfig()
+    tune: TuneConfig = Field(TuneConfig(), description=(
+        "Hyperparameter search (`textrnn tune --variant V`): an Optuna study whose trials are MLflow runs under "
+        "the study's run, pruned on validation loss; workers anywhere share the study through `storage`."))
 
     @field_validator("variants")
     @classmethod

@@ -65,6 +65,13 @@ def _section(model: BaseModel, depth: int) -> Iterator[str]:
         if isinstance(value, BaseModel):
             yield _commented(prefix, field.description)
             yield from _section(value, depth + 1)
+        elif isinstance(value, dict) and all(isinstance(item, BaseModel) for item in value.values()):
+            # A mapping of small models (tune.space): one flow mapping per key, its non-default fields.
+            yield _commented(prefix, field.description)
+            for key, item in value.items():
+                stated = {k: v for k, v in item.model_dump().items() if v != type(item).model_fields[k].default}
+                body = ", ".join(f"{k}: {scalar(v)}" for k, v in stated.items())
+                yield f"{INDENT * (depth + 1)}{key}: {{{body}}}"
         else:
             yield _commented(f"{prefix} {scalar(value)}", field.description)
 

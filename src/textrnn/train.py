@@ -272,7 +272,8 @@ def train_variant(
     model = build_model(variant.config, vocab_size, len(cfg.data.classes)).to(device)
     options = variant.config
     sparse = cfg.train.sparse_embedding if options.sparse_embedding is None else options.sparse_embedding
-    optimizer = make_optimizer(model, cfg.train.learning_rate, sparse, options.weight_decay)
+    learning_rate = cfg.train.learning_rate if options.learning_rate is None else options.learning_rate
+    optimizer = make_optimizer(model, learning_rate, sparse, options.weight_decay)
     sampler = BucketBatchSampler(
         train_split.texts.lengths, options.batch_size, cfg.seed, cfg.buckets.chunk_batches, cfg.buckets.token_budget,
         enabled=cfg.buckets.enabled,
