@@ -381,4 +381,8 @@ def pipeline(
 from textrnn import cli_tune  # noqa: E402, F401 - registers `textrnn tune` on the app
 
 if __name__ == "__main__":
-    app()
+    # Under `python -m textrnn.cli` this file runs as __main__, and cli_tune extended the app of the module
+    # `textrnn.cli` (imported anew by it): run that app.
+    from textrnn.cli import app as extended_app
+
+    extended_app()

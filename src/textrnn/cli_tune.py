@@ -74,12 +74,15 @@ def tune(
     from textrnn import steps
     from textrnn import tune as tuning
 
+    from textrnn.tune_space import check_space
+
     cfg = load_config(params, set_)
-    cfg.variant(variant)
+    check_space(cfg, cfg.variant(variant), str(params))
     study = study or tuning.default_study(cfg, variant)
-    steps.prepare_step(cfg, wait=True)
-    steps.encode_step(cfg, wait=True)
     try:
+        tuning.open_study(cfg, cfg.variant(variant), study)  # a wrong storage or study fails before the data work
+        steps.prepare_step(cfg, wait=True)
+        steps.encode_step(cfg, wait=True)
         result = tuning.work(cfg, variant, study, trials, on_trial=_trial_line)
         _print_summary(result)
         if not apply:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -82,7 +83,10 @@ def open_study(cfg: Config, variant: Variant, name: str) -> optuna.Study:
     heartbeat = cfg.tune.heartbeat_seconds
     with warnings.catch_warnings():  # the heartbeat is "experimental" since Optuna 2.9
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        storage = optuna.storages.RDBStorage(storage_url(cfg), heartbeat_interval=heartbeat,
+        url = storage_url(cfg)
+        # sqlite: workers on one machine write heartbeats and trials to one file; wait for its lock.
+        engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                              grace_period=2 * heartbeat)
     # Seeded per worker: workers sharing one seed would draw the same first params.
     sampler = optuna.samplers.TPESampler(seed=(cfg.seed + os.getpid()) % 2**32)
@@ -186,10 +190,16 @@ def work(cfg: Config, variant_name: str, study_name: str, trials: int | None = N
         if on_trial is not None:
             on_trial(trial)
     while True:
-        _reap_dead_trials(study, parent_run_id)
+        _reap_dead_trials(cfg, study, parent_run_id)
         counts = _counts(study)
-        if sum(counts[state] for state in DONE) + counts[TrialState.RUNNING] >= trials:
-            break  # what is left is running on other workers
+        done = sum(counts[state] for state in DONE)
+        if done >= trials:
+            break
+        if done + counts[TrialState.RUNNING] >= trials:
+            # The rest are running on other workers. Wait rather than leave: if one of them dies, its trial
+            # is failed once its heartbeat is stale, and this worker runs the trial in its place.
+            time.sleep(cfg.tune.heartbeat_seconds)
+            continue
         if ended[-trials:] == [TrialState.FAIL] * trials:
             raise TuneError(f"study '{study_name}': the last {trials} trials of this worker failed; see the log")
         study.optimize(objective, n_trials=1, catch=(TrainingDiverged,), gc_after_trial=False,
@@ -199,7 +209,7 @@ def work(cfg: Config, variant_name: str, study_name: str, trials: int | None = N
     return summary(cfg, study, parent_run_id)
 
 
-def _reap_dead_trials(study: optuna.Study, parent_run_id: str | None) -> None:
+def _reap_dead_trials(cfg: Config, study: optuna.Study, parent_run_id: str | None) -> None:
     """Fail the trials whose worker stopped beating (Optuna's heartbeat) and close their MLflow runs."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -207,7 +217,9 @@ def _reap_dead_trials(study: optuna.Study, parent_run_id: str | None) -> None:
     if parent_run_id is not None:
         from textrnn import tune_tracking
 
-        tune_tracking.close_dead_trials(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        failed = {trial.number for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))}
+        if failed:
+            tune_tracking.close_dead_trials(cfg, study.study_name, failed)
 
 
 def summary(cfg: Config, study: optuna.Study, parent_run_id: str | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ being tuned is checked when a study starts (`textrnn.tune_space.check_space`), n
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from textrnn.config_types import MANY, Bool, Float, Frozen, Int, Text
 
@@ -63,12 +63,13 @@ class TuneConfig(Frozen):
     # marked failed by the next worker on the study, and its MLflow run KILLED.
     heartbeat_seconds: Int = Field(30, ge=1, le=86_400, description="a dead worker's trial fails after 2x this")
 
-    @model_validator(mode="after")
-    def _space_names_variant_options(self) -> TuneConfig:
+    @field_validator("space")
+    @classmethod
+    def _space_names_variant_options(cls, space: dict[str, SearchRange]) -> dict[str, SearchRange]:
         from textrnn.config import VariantConfig
 
-        for key in self.space:
+        for key in space:
             if key not in VariantConfig.model_fields or key == "cell":
                 options = ", ".join(name for name in VariantConfig.model_fields if name != "cell")
-                raise ValueError(f"space key '{key}' is not a variant option (one of: {options})")
-        return self
+                raise ValueError(f"'{key}' is not a variant option (one of: {options})")
+        return space

@@ -88,21 +88,23 @@ def end_trial(state: str) -> None:
 
 
 @stopping.deferred()
-def close_dead_trials(trials: list[Any]) -> list[str]:
-    """Mark KILLED the MLflow runs still RUNNING of trials Optuna has failed (their worker died); returns
-    their run ids."""
+def close_dead_trials(cfg: Config, study: str, failed: set[int]) -> list[str]:
+    """Mark KILLED the MLflow runs still RUNNING of trials numbered in `failed` (Optuna failed them: their
+    worker died); returns their run ids. Runs are found by their tags, which they carry from creation (a
+    worker may die before the trial records its run id)."""
+    experiment_id = connect(cfg)
     client = MlflowClient()
+    running = client.search_runs([experiment_id], f"tags.run_kind = 'trial' AND tags.{STUDY_TAG} = '{study}' AND "
+                                                  "attributes.status = 'RUNNING'")
     closed = []
-    for trial in trials:
-        run_id = trial.user_attrs.get(RUN_ID_ATTR)
-        if trial.state.name != "FAIL" or not run_id:
+    for run in running:
+        if int(run.data.tags[TRIAL_TAG]) not in failed:
             continue
-        if client.get_run(run_id).info.status == runs.RUNNING:
-            client.set_tag(run_id, STATE_TAG, "FAIL")
-            client.set_terminated(run_id, runs.KILLED)
-            log.warning("mlflow run=%s of trial %d was left RUNNING by a dead worker: marked KILLED", run_id,
-                        trial.number)
-            closed.append(run_id)
+        client.set_tag(run.info.run_id, STATE_TAG, "FAIL")
+        client.set_terminated(run.info.run_id, runs.KILLED)
+        log.warning("mlflow run=%s of trial %s was left RUNNING by a dead worker: marked KILLED", run.info.run_id,
+                    run.data.tags[TRIAL_TAG])
+        closed.append(run.info.run_id)
     return closed
 
 
