@@ -1,5 +1,5 @@
 """The promotion decision, as pure logic: which registry version the `champion` alias should point to, and
-why. No MLflow here: `textrnn.registry` reads the versions' tags and applies the decision.
+why. No MLflow here: `textrnn.registry` reads the versions' tags and metrics and applies the decision.
 
 The alias moves only to a candidate whose ONNX parity passed and whose `test_accuracy` beats the
 champion's by more than zero and at least `registry.min_delta` (a tie leaves the champion in place);
@@ -12,19 +12,16 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def candidate(version: Any) -> dict[str, Any]:
-    """A version's promotion facts from its tags: version, variant, test_accuracy, parity."""
+def candidate(version: Any, metrics: dict[str, float]) -> dict[str, Any]:
+    """A version's promotion facts: version, variant and parity from its tags, test_accuracy from `metrics`
+    (its logged model's, `registry.version_metrics`)."""
     tags = version.tags or {}
-
-    def number(key: str) -> float | None:
-        return float(tags[key]) if key in tags else None
-
     return {
         "version": str(version.version),
         "variant": tags.get("variant", "?"),
-        "test_accuracy": number("test_accuracy"),
+        "test_accuracy": metrics.get("test_accuracy"),
         "onnx_parity_passed": tags.get("onnx_parity_passed") == "true",
-        "onnx_parity_max_abs_diff": number("onnx_parity_max_abs_diff"),
+        "onnx_parity_max_abs_diff": metrics.get("onnx_parity_max_abs_diff"),
     }
 
 

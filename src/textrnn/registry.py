@@ -2,8 +2,9 @@
 the `champion` alias (aliases only, never stages).
 
 Register checks that the run's logged params are the config `model.pt` was trained with and that its
-logged model came from the current `model.onnx`, then tags the version with the run's metrics, parity
-outcome, run id and data fingerprint. Promote reads those tags (`textrnn.promotion.decide_promotion`),
+logged model came from the current `model.onnx`, then tags the version with its variant, parity outcome,
+run id and data fingerprint; its metrics stay numbers on the logged model, linked to the test dataset
+(`version_metrics`). Promote reads both (`textrnn.promotion.decide_promotion`),
 moves the alias when the gate passes, and records every decision as version tags (`promotion_decision`,
 `promotion_reason`) and as the registered model's `last_promotion` tag (JSON).
 """
@@ -96,14 +97,32 @@ def register_variant(cfg: Config, variant: str, trained_config: dict[str, Any] |
             for key, value in tags.items():
                 client.set_model_version_tag(name, version.version, key, value)
     log.info("registered model=%s version=%s variant=%s", name, version.version, variant)
+    metrics = {key: run.data.metrics[key] for key in VERSION_METRICS if key in run.data.metrics}
     return {"model_name": name, "version": str(version.version), "variant": variant, "run_id": run.info.run_id,
-            "model_id": model_id, **tags}
+            "model_id": model_id, **tags, **metrics}
+
+
+def version_metrics(client: MlflowClient, version: Any) -> dict[str, float]:
+    """The metrics of the logged model a registry version points to ({} when it has none). A version
+    registered by an older textrnn, which copied them into tags as strings, is read from its tags."""
+    # Over REST `model_id` comes back empty; the source URI names the logged model either way.
+    model_id = version.model_id or (version.source or "").removeprefix("models:/")
+    latest: dict[str, Any] = {}
+    with contextlib.suppress(MlflowException):
+        for metric in client.get_logged_model(model_id).metrics or []:
+            if metric.key not in latest or metric.timestamp >= latest[metric.key].timestamp:
+                latest[metric.key] = metric
+    if latest:
+        return {key: float(metric.value) for key, metric in latest.items()}
+    tags = version.tags or {}
+    return {key: float(tags[key]) for key in VERSION_METRICS if key in tags}
 
 
 def _version_tags(variant: str, run: Any) -> dict[str, str]:
-    metrics, tags = run.data.metrics, run.data.tags
-    version_tags = {key: repr(float(metrics[key])) for key in VERSION_METRICS if key in metrics}
-    version_tags.update(
+    """Facts about the version that are not metrics. Its metrics stay numbers, on the logged model the
+    version points to (linked to the test dataset by `tracking.log_evaluation`): `version_metrics`."""
+    tags = run.data.tags
+    version_tags = dict(
         variant=variant,
         onnx_parity_passed=tags.get("onnx_parity_passed", "false"),
         run_id=run.info.run_id,
@@ -161,8 +180,10 @@ def promote(cfg: Config, versions: Sequence[str] | None = None) -> dict[str, Any
         else:
             chosen = _latest_per_variant(client.search_model_versions(f"name = '{name}'"))
         champion_version = current_champion(client, name)
-        champion = candidate(champion_version) if champion_version is not None else None
-        decision = decide_promotion([candidate(v) for v in chosen], champion, cfg.registry.min_delta)
+        champion = (candidate(champion_version, version_metrics(client, champion_version))
+                    if champion_version is not None else None)
+        decision = decide_promotion([candidate(v, version_metrics(client, v)) for v in chosen], champion,
+                                    cfg.registry.min_delta)
         if decision["promoted"]:
             client.set_registered_model_alias(name, CHAMPION, decision["version"])
         _record_decision(client, name, decision)

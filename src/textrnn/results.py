@@ -49,8 +49,9 @@ def announce(parent_run_id: str, attributed: dict[str, Any]) -> None:
 
 def log_summary(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     """The comparison as metrics of the pipeline's parent run, so the MLflow UI's run list and charts show
-    something for it: `test_accuracy/<variant>` (and macro-F1) per variant and the best test accuracy."""
-    from mlflow.entities import Metric
+    something for it: `test_accuracy/<variant>` (and macro-F1) per variant and the best test accuracy; and
+    as its description, a table linking each variant's run (`comparison_note`)."""
+    from mlflow.entities import Metric, RunTag
     from mlflow.tracking import MlflowClient
 
     now = int(time.time() * 1000)
@@ -59,8 +60,29 @@ def log_summary(parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     scored = [row["test_accuracy"] for row in rows if row.get("test_accuracy") is not None]
     if scored:
         metrics.append(Metric("best_test_accuracy", float(max(scored)), now, 0))
+    client = MlflowClient()
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
     with stopping.deferred():
-        MlflowClient().log_batch(parent_run_id, metrics=metrics)
+        client.log_batch(parent_run_id, metrics=metrics,
+                         tags=[RunTag(NOTE_TAG, comparison_note(rows, experiment_id))])
+
+
+# The run's Description in the MLflow UI (markdown).
+NOTE_TAG = "mlflow.note.content"
+
+
+def comparison_note(rows: list[dict[str, Any]], experiment_id: str) -> str:
+    """The comparison as the parent run's description, linking every variant's run. A variant served from
+    the cache keeps the run (and parent) that trained it, so this is where one pipeline run holds all."""
+    lines = ["| variant | test accuracy | macro-F1 | MLflow run | model version | training |", "|---|---:|---:|---|---:|---|"]
+    for row in sorted(rows, key=lambda r: -(r.get("test_accuracy") or 0.0)):
+        run_id = row.get("mlflow_run_id")
+        link = f"[{run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id})" if run_id else "-"
+        numbers = [f"{row[key]:.4f}" if row.get(key) is not None else "-" for key in ("test_accuracy", "test_macro_f1")]
+        training = "cached: the run of an earlier pipeline" if row.get("train_cached") else "trained in this run"
+        lines.append(f"| {row['variant']} | {numbers[0]} | {numbers[1]} | {link} | {row.get('model_version') or '-'} "
+                     f"| {training} |")
+    return "\n".join(lines) + "\n"
 
 
 def _epoch_mean(client: Any, run_id: str, key: str) -> float | None:

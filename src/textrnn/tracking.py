@@ -44,22 +44,19 @@ from pathlib import Path
 from typing import Any
 
 import mlflow  # noqa: E402
-import mlflow.pyfunc  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 from textrnn import runs, stopping  # noqa: E402
 from textrnn.config import Config, Variant  # noqa: E402
-from textrnn.filenames import ONNX_FILE, TOKENIZER_FILE  # noqa: E402
-from textrnn.mlflow_connection import (  # noqa: E402, F401 (tracking_uri: public here)
+from textrnn.mlflow_connection import (  # noqa: E402, F401 (TrackingError, check_reachable, tracking_uri: public here)
     TrackingError, _one_line_errors, check_reachable, connect, tracking_uri,
 )
-from textrnn.errors import TextrnnError  # noqa: E402
-from textrnn.files import atomic_dir, read_json, sha256_file, write_json  # noqa: E402
+from textrnn.files import read_json, write_json  # noqa: E402
 from textrnn.provenance import (  # noqa: E402
-    DVC_EXP_ENV, SPLIT_CONTEXTS, config_sha256, package_version, run_tags, shared_params, split_digests, variant_params,
+    DVC_EXP_ENV, SPLIT_CONTEXTS, config_sha256, run_tags, shared_params, split_digests, variant_params,
 )
-from textrnn.pyfunc import model_spec  # noqa: E402
+from textrnn.logged_model import download_model, log_model, pip_requirements  # noqa: E402, F401 (public here)
 
 log = logging.getLogger("textrnn")
 
@@ -232,7 +229,8 @@ def variant_run(
             if record:
                 runs.close_if_stale(MlflowClient(), record["run_id"])
             run_id = record["run_id"] if record else _create_variant_run(cfg, variant, experiment_id, parent_run_id)
-            mlflow.start_run(run_id=run_id)
+            # System metrics (CPU, memory, GPU: MLflow's monitor, every 10 s) while the one long stage trains.
+            mlflow.start_run(run_id=run_id, log_system_metrics=stage == "train")
             mlflow.set_tags({f"stage_{stage}": time.strftime("%Y-%m-%dT%H:%M:%S"), **runs.attempt_tags()})
         yield run_id
 
@@ -240,8 +238,9 @@ def variant_run(
 # ---------------------------------------------------------------------------------- stage logging
 
 
-def _dataset_input(cfg: Config, split: str, digest: str) -> None:
-    """Log a prepared split as a dataset input of the active run (source = its file, digest = its sha256)."""
+def _dataset_input(cfg: Config, split: str, digest: str) -> Any:
+    """Log a prepared split as a dataset input of the active run (source = its file, digest = its sha256);
+    returns the MLflow dataset."""
     import mlflow.data
 
     from textrnn.data import read_split
@@ -260,6 +259,7 @@ def _dataset_input(cfg: Config, split: str, digest: str) -> None:
             digest=digest[:DIGEST_CHARS],
         )
         _log_input_once_more_on_race(dataset, SPLIT_CONTEXTS[split], {"sha256": digest})
+    return dataset
 
 
 # What the store says when two runs create the same dataset row at once (sqlite, PostgreSQL, MySQL).
@@ -338,10 +338,15 @@ def log_evaluation(cfg: Config, variant: str, report: dict[str, Any]) -> None:
     """Test metrics, the inference provider, the test dataset, eval.json and the plots."""
     metrics = {key: float(report[key]) for key in ("test_accuracy", "test_macro_f1", "inference_latency_ms_b1")
                if report.get(key) is not None}
-    mlflow.log_metrics(metrics)
     if report.get("provider"):
         mlflow.set_tag("onnx_provider", report["provider"])
-    log_datasets(cfg, ["test"])
+    digest = split_digests(cfg).get("test")
+    dataset = _dataset_input(cfg, "test", digest) if digest else None
+    # Linked to the logged model (export's) and the test split: the model's page lists them by dataset, and
+    # the registry reads a version's metrics from there (`textrnn.registry`).
+    run_id = mlflow.active_run().info.run_id
+    model_id = MlflowClient().get_run(run_id).data.tags.get("model_id")
+    mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
     _log_artifact_if_exists(cfg.paths.eval_report(variant), "metrics")
     for plot in (cfg.paths.confusion_matrix_plot(variant), cfg.paths.learning_curves_plot(variant)):
         _log_artifact_if_exists(plot, "plots")
@@ -353,64 +358,3 @@ def _log_artifact_if_exists(path: Path, artifact_dir: str) -> None:
         mlflow.log_artifact(str(path), artifact_dir)
     else:
         log.warning("mlflow artifact missing path=%s", path)
-
-
-# ------------------------------------------------------------------------------------ pyfunc model
-
-
-def pip_requirements() -> list[str]:
-    """What the served model imports, pinned to this environment (explicit: no slow inference)."""
-    names = ("mlflow", "onnxruntime-gpu", "tokenizers", "numpy", "pandas", "cloudpickle")
-    return [f"{name}=={package_version(name)}" for name in names]
-
-
-def _example_texts(cfg: Config) -> list[str]:
-    """Two real test texts (the first rows of the prepared test split), or fixed ones without it."""
-    try:
-        from textrnn.data import read_split
-
-        return read_split(cfg.paths.prepared, "test")["text"].head(2).tolist()
-    except TextrnnError:
-        return ["Stocks rally as the central bank holds rates", "Home side beat the champions 2-1"]
-
-
-@stopping.deferred()
-def log_model(cfg: Config, variant: str) -> str:
-    """Log the exported variant as a pyfunc named after it in the active run; returns its MLflow model id.
-
-    The model (`textrnn.pyfunc.model_spec`) bundles `models/<V>/model.onnx`, `tokenizer.json` and
-    export.json, textrnn's own code, the `text`-column signature, an input example and pinned pip
-    requirements. Tags the run with `model_id` and `onnx_sha256`, which `register_variant` checks.
-    """
-    from textrnn.inference import OnnxClassifier
-
-    model_dir = cfg.paths.model_dir(variant)
-    classifier = OnnxClassifier.from_model_dir(model_dir, device="cpu")  # verifies the graph first
-    spec = model_spec(model_dir, classifier.classes, _example_texts(cfg))
-    spec["metadata"]["variant"] = variant
-    info = mlflow.pyfunc.log_model(name=variant, pip_requirements=pip_requirements(), **spec)
-    mlflow.set_tags({"model_id": info.model_id, "onnx_sha256": sha256_file(cfg.paths.onnx_file(variant))})
-    return info.model_id
-
-
-def download_model(model_uri: str, destination: Path | str) -> Path:
-    """Download an MLflow model logged by `log_model` (`models:/name@alias`, `models:/name/3`,
-    `runs:/<id>/<variant>`, ...) to `destination`, replacing what was there; returns the directory holding
-    its `model.onnx` and `tokenizer.json` (`destination/artifacts`).
-
-    Raises TrackingError (one line) when the server is unreachable, the model does not exist, or it is
-    not a textrnn model.
-    """
-    uri = tracking_uri()
-    check_reachable(uri)
-    mlflow.set_tracking_uri(uri)
-    destination = Path(destination)
-    # Download beside the target and swap it in whole: an alias may have moved since the last download.
-    with _one_line_errors(model_uri), atomic_dir(destination, key="cache") as staging:
-        mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging))
-    bundled = destination / "artifacts"
-    if not (bundled / ONNX_FILE).is_file() or not (bundled / TOKENIZER_FILE).is_file():
-        raise TrackingError(f"{model_uri}: not a textrnn model (no artifacts/{ONNX_FILE} and {TOKENIZER_FILE})")
-    return bundled
-
-

@@ -103,6 +103,9 @@ def test_rows_come_from_mlflow_alone(tracked: Config) -> None:
     assert row["model_version"] is not None
     assert parent.data.tags["config_sha256"] == provenance.config_sha256(tracked)  # the config handed down
     assert parent.data.metrics["test_accuracy/bag"] == parent.data.metrics["best_test_accuracy"] == row["test_accuracy"]
+    # Its description links the variant's run (which a cached variant keeps from an earlier pipeline).
+    link = f"(#/experiments/{parent.info.experiment_id}/runs/{row['mlflow_run_id']})"
+    assert link in parent.data.tags[results.NOTE_TAG] and "| bag |" in parent.data.tags[results.NOTE_TAG]
     for run in (parent, variant_run):  # which code, on every run
         assert run.data.tags["git_commit"] == provenance.git_tags()["git_commit"] != "unknown"
 
