@@ -13,7 +13,8 @@ import typer
 from rich.table import Table
 
 from textrnn.cli import (
-    DEFAULT_PARAMS, ParamsOption, SetOption, VariantOption, _pipeline_flow, app, console, load_config, user_errors,
+    DEFAULT_PARAMS, ParamsOption, ProgressOption, SetOption, VariantOption, _pipeline_flow, app, console, load_config,
+    user_errors,
 )
 from textrnn.errors import TextrnnError
 
@@ -63,6 +64,7 @@ def tune(
     apply: Annotated[bool, typer.Option(
         "--apply", help="Then add the best params to params.yaml as a new variant and run the pipeline on it.")] = False,
     as_: Annotated[str | None, typer.Option("--as", help="The new variant's name (default <variant>_tuned).")] = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Search a variant's options (params.yaml `tune.space`) with Optuna, pruning on validation loss.
 
@@ -83,7 +85,7 @@ def tune(
         tuning.open_study(cfg, cfg.variant(variant), study)  # a wrong storage or study fails before the data work
         steps.prepare_step(cfg, wait=True)
         steps.encode_step(cfg, wait=True)
-        result = tuning.work(cfg, variant, study, trials, on_trial=_trial_line)
+        result = tuning.work(cfg, variant, study, trials, on_trial=_trial_line, show_progress=progress)
         _print_summary(result)
         if not apply:
             return

@@ -119,7 +119,7 @@ def trial_config(cfg: Config, study: str, number: int) -> Config:
     return cfg.model_copy(update={"paths": paths})
 
 
-def _objective(cfg: Config, variant: Variant, study: str, parent_run_id: str | None):
+def _objective(cfg: Config, variant: Variant, study: str, parent_run_id: str | None, show_progress: bool):
     tracking = None
     if parent_run_id is not None:
         from textrnn import tracking, tune_tracking
@@ -138,13 +138,14 @@ def _objective(cfg: Config, variant: Variant, study: str, parent_run_id: str | N
 
         try:
             if tracking is None:
-                summary = train.train_variant(trial_cfg, candidate, on_epoch=on_epoch)
+                summary = train.train_variant(trial_cfg, candidate, on_epoch=on_epoch, show_progress=show_progress)
             else:
                 with tune_tracking.trial_run(trial_cfg, candidate, parent_run_id, study, trial.number,
                                              optuna.TrialPruned) as run_id:
                     trial.set_user_attr(tune_tracking.RUN_ID_ATTR, run_id)
                     try:
-                        summary = train.train_variant(trial_cfg, candidate, on_epoch=on_epoch)
+                        summary = train.train_variant(trial_cfg, candidate, on_epoch=on_epoch,
+                                                      show_progress=show_progress)
                     except TrainingDiverged:
                         tune_tracking.end_trial("FAIL")
                         raise
@@ -169,10 +170,11 @@ def default_study(cfg: Config, variant_name: str) -> str:
 
 
 def work(cfg: Config, variant_name: str, study_name: str, trials: int | None = None,
-         on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None) -> dict[str, Any]:
+         on_trial: Callable[[optuna.trial.FrozenTrial], None] | None = None, show_progress: bool = False
+         ) -> dict[str, Any]:
     """Join study `study_name` for `variant_name` and run trials until it has `trials` (default
     `tune.trials`) complete or pruned ones, counting those running elsewhere; returns `summary`.
-    `on_trial` is called with each trial this worker ends."""
+    `on_trial` is called with each trial this worker ends; `show_progress` shows each epoch's bar."""
     variant = cfg.variant(variant_name)
     tune_space.check_space(cfg, variant)
     trials = trials or cfg.tune.trials
@@ -182,7 +184,7 @@ def work(cfg: Config, variant_name: str, study_name: str, trials: int | None = N
         from textrnn import tune_tracking
 
         parent_run_id = tune_tracking.study_run(cfg, variant, study_name)
-    objective = _objective(cfg, variant, study_name, parent_run_id)
+    objective = _objective(cfg, variant, study_name, parent_run_id, show_progress)
     ended: list[TrialState] = []  # this worker's trials, in order
 
     def _ended(trial: optuna.trial.FrozenTrial) -> None:
