@@ -1,4 +1,4 @@
-"""Prefect wiring over `textrnn.steps`: the training pipeline, the per-variant flow, batch scoring.
+"""Prefect wiring over `textrnn.steps`: the training pipeline, the per-variant flow, sweeps, batch scoring.
 
 Nothing here computes anything the CLI or DVC could not: every task calls one `textrnn.steps` function
 (or the inference path) with a `Config`. What this package adds is orchestration: caching on stable
@@ -6,7 +6,8 @@ keys, retries where the outside world can fail, bounded fan-out of the variants 
 or one flow run per variant on a work pool), the MLflow parent run, and a comparison artifact.
 
 Entrypoints (see prefect.yaml): `flows/training.py:training_pipeline`,
-`flows/training.py:train_variant_flow`, `flows/batch.py:batch_predict`.
+`flows/training.py:train_variant_flow`, `flows/tuning.py:tune_flow`, `flows/tuning.py:tune_worker_flow`,
+`flows/batch.py:batch_predict`.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def start_cluster(timeout_s: int = 60) -> Cluster:
 
 
 def init_databases(cluster: Cluster, roles: dict[str, str]) -> None:
-    """Run infra/postgres/init-databases.sh on `cluster` with `roles` (MLFLOW_DB_*, PREFECT_DB_*), as the
+    """Run infra/postgres/init-databases.sh on `cluster` with `roles` (MLFLOW_DB_*, PREFECT_DB_*, OPTUNA_DB_*), as the
     image's entrypoint does: as the superuser, over the local socket."""
     env = {**roles, "POSTGRES_USER": SUPERUSER, "PGHOST": str(cluster.root), "PGPORT": str(cluster.port)}
     # The script on stdin, so that the `postgres` user needs no access to the checkout.

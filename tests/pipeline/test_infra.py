@@ -40,7 +40,7 @@ DOCKERFILES = sorted((INFRA / "docker").glob("*.Dockerfile"))
 
 # Variables that hold secrets: the compose file must refuse to start without them.
 SECRETS = {
-    "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "MINIO_ROOT_PASSWORD",
+    "POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD", "OPTUNA_DB_PASSWORD", "MINIO_ROOT_PASSWORD",
     "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "PREFECT_API_AUTH_STRING",
 }
 MLFLOW_ENTRYPOINT = INFRA / "docker" / "mlflow-server.sh"
@@ -181,6 +181,23 @@ def test_compose_services_are_pinned_healthchecked_and_ordered(compose_model: di
     assert prefect_env["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
 
 
+def test_compose_workers_share_the_optuna_storage_the_init_script_creates(compose_model: dict[str, Any]) -> None:
+    """Every worker reaches one Optuna storage (sweeps' workers share a study there): the database and role
+    that postgres' init script creates from the same variables."""
+    from sqlalchemy.engine import make_url
+
+    services = compose_model["services"]
+    postgres = services["postgres"]["environment"]
+    for pool in ("cpu", "gpu"):
+        worker = services[f"{pool}-worker"]
+        url = make_url(worker["environment"]["TEXTRNN_OPTUNA_STORAGE"])
+        assert (url.drivername, url.host, url.port) == ("postgresql+psycopg2", "postgres", 5432)
+        assert (url.username, url.password, url.database) == (
+            postgres["OPTUNA_DB_USER"], postgres["OPTUNA_DB_PASSWORD"], postgres["OPTUNA_DB_NAME"])
+        assert worker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert postgres["OPTUNA_DB_USER"] not in {postgres["MLFLOW_DB_USER"], postgres["PREFECT_DB_USER"]}
+
+
 def test_compose_servers_require_credentials_that_every_client_has(compose_model: dict[str, Any]) -> None:
     services = compose_model["services"]
     example = _env_example()
@@ -206,6 +223,31 @@ def test_compose_servers_require_credentials_that_every_client_has(compose_model
         healthcheck = svc.get("healthcheck", {}).get("test") or []
         for word in [*words, *healthcheck]:
             assert not any(value in word for value in secret_values), f"{name}: a secret in {word!r}"
+
+
+# The distributions that provide a SQLAlchemy driver (the `+driver` of a URL).
+DRIVER_DISTRIBUTIONS = {"psycopg2": {"psycopg2", "psycopg2-binary"}, "psycopg": {"psycopg", "psycopg-binary"},
+                        "pg8000": {"pg8000"}}
+
+
+def test_worker_image_installs_the_driver_of_the_optuna_storage(compose_model: dict[str, Any]) -> None:
+    """The worker image installs the project as its Dockerfile says (`pip install .[extras]`): the driver the
+    workers' TEXTRNN_OPTUNA_STORAGE names must come with it, or every sweep fails on its first connection."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from sqlalchemy.engine import make_url
+
+    url = make_url(compose_model["services"]["gpu-worker"]["environment"]["TEXTRNN_OPTUNA_STORAGE"])
+    installed = re.search(r"pip install --no-cache-dir \.(?:\[([\w,-]+)\])?(?:\s|$)",
+                          (INFRA / "docker" / "worker.Dockerfile").read_text())
+    assert installed, "worker.Dockerfile no longer installs the project with `pip install --no-cache-dir .`"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = [*project["dependencies"], *(requirement for extra in (installed.group(1) or "").split(",") if extra
+                                                for requirement in project["optional-dependencies"][extra])]
+    names = {Requirement(requirement).name.lower() for requirement in requirements}
+    assert DRIVER_DISTRIBUTIONS[url.get_driver_name()] & names, (
+        f"the worker image lacks {url.get_driver_name()}: add it to pyproject's dependencies (or an extra it installs)")
 
 
 def test_mlflow_dockerfile_installs_the_auth_extra_and_the_entrypoint() -> None:
@@ -435,6 +477,8 @@ def test_postgres_init_script_creates_isolated_databases() -> None:
             "MLFLOW_DB_PASSWORD": "it's \"quoted\"; DROP ROLE x; --",
             "PREFECT_DB_NAME": "prefect", "PREFECT_DB_USER": "prefect",
             "PREFECT_DB_PASSWORD": "dev-prefect",
+            "OPTUNA_DB_NAME": "optuna", "OPTUNA_DB_USER": "optuna",
+            "OPTUNA_DB_PASSWORD": "dev-optuna",
         }
         script = (INFRA / "postgres" / "init-databases.sh").read_text()
         script_env = {**secrets, "PGHOST": str(workdir), "PGPORT": port}
@@ -450,15 +494,16 @@ def test_postgres_init_script_creates_isolated_databases() -> None:
 
         owners = sql("postgres", "postgres",
                      "SELECT datname || '=' || pg_get_userbyid(datdba) FROM pg_database "
-                     "WHERE datname IN ('mlflow', 'prefect') ORDER BY 1")
-        assert owners.stdout.split() == ["mlflow=mlflow", "prefect=prefect"], owners.stderr
+                     "WHERE datname IN ('mlflow', 'prefect', 'optuna') ORDER BY 1")
+        assert owners.stdout.split() == ["mlflow=mlflow", "optuna=optuna", "prefect=prefect"], owners.stderr
         # Each service can create its schema in its own database...
-        for svc in ("mlflow", "prefect"):
+        for svc in ("mlflow", "prefect", "optuna"):
             out = sql(svc, svc, "CREATE TABLE probe (x int); DROP TABLE probe;")
             assert out.returncode == 0, out.stderr
-        # ...and cannot connect to the other's.
-        out = sql("prefect", "mlflow", "SELECT 1")
-        assert out.returncode != 0 and "permission denied" in out.stderr, out.stderr
+        # ...and cannot connect to another's.
+        for user, db in (("prefect", "mlflow"), ("optuna", "mlflow"), ("optuna", "prefect"), ("mlflow", "optuna")):
+            out = sql(user, db, "SELECT 1")
+            assert out.returncode != 0 and "permission denied" in out.stderr, (user, db, out.stderr)
     finally:
         if started:
             _run([*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"])

@@ -304,3 +304,23 @@ def test_nightly_deployment_has_its_cron_schedule(stack: Stack) -> None:
     assert nightly.work_pool_name == "cpu" and variant.work_pool_name == "gpu"
     assert nightly.parameters["overrides"] == {"orchestration.mode": "distributed"}
     assert nightly.job_variables["working_dir"] == str(_checkout(stack.root))
+
+
+def test_tune_deployments_run_workers_on_the_gpu_pool_and_start_paused(stack: Stack) -> None:
+    """prefect.yaml's sweep deployments: the tune flow weekly on the cpu pool (created paused, distributed),
+    its workers on the gpu pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
+        weekly = client.read_deployment_by_name("tune/weekly-tune")
+        worker = client.read_deployment_by_name("tune-worker/tune-worker")
+    assert (weekly.entrypoint, weekly.work_pool_name) == ("flows/tuning.py:tune_flow", "cpu")
+    assert (worker.entrypoint, worker.work_pool_name) == ("flows/tuning.py:tune_worker_flow", "gpu")
+    assert set(weekly.tags) == {"textrnn", "tuning"} and set(worker.tags) == {"textrnn", "tuning", "gpu"}
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in weekly.schedules] == [("0 4 * * 1", "UTC", False)]
+    assert not worker.schedules
+    assert weekly.parameters == {"params": "params.yaml", "variant": "bilstm_mean", "workers": 2,
+                                 "overrides": {"orchestration.mode": "distributed"}}
+    for deployment in (weekly, worker):
+        assert deployment.job_variables["working_dir"] == str(_checkout(stack.root))

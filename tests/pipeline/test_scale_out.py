@@ -1,7 +1,8 @@
 """Scale-out smoke test: the team stack of infra/docker-compose.yml, without Docker, on the same engines.
 
 PostgreSQL from the Debian server binaries (a throwaway cluster on 127.0.0.1, created by the same
-infra/postgres/init-databases.sh that compose mounts), an MLflow tracking server on its `mlflow` database
+infra/postgres/init-databases.sh that compose mounts; as in compose, every worker gets the `optuna` database
+as TEXTRNN_OPTUNA_STORAGE), an MLflow tracking server on its `mlflow` database
 with proxied artifacts (`--serve-artifacts`: clients get only `mlflow-artifacts:` URIs), a Prefect server
 on its `prefect` database, work pools `cpu` and `gpu`, one `cpu` worker and two `gpu` process workers, and
 prefect.yaml deployed with `prefect --no-prompt deploy --all`. As in compose, both servers require credentials:
@@ -18,6 +19,10 @@ PASSWORD, PREFECT_API_AUTH_STRING), and a client without credentials, or with wr
    started (which Prefect puts in a session of its own) are SIGKILLed, as when a machine dies. The
    zombie automation (flows/resilience.py) marks that run Crashed when its heartbeats stop, the pipeline
    submits the variant again, the surviving worker trains it and the other variants, and the run completes.
+
+Between the two (while both GPU workers live), `weekly-tune` runs a 4-trial sweep in distributed mode: the tune
+flow on the cpu worker starts two `tune-worker` flow runs on the gpu pool, whose trials share the study in the
+`optuna` database (read straight from it) and are MLflow child runs of the study's run (none left RUNNING).
 
 Every process is started in its own session and stopped by its process group; the flow-run processes the
 workers started are found through the process tree and stopped too; PostgreSQL stops with
@@ -86,6 +91,8 @@ def _roles() -> dict[str, str]:
         "MLFLOW_DB_PASSWORD": f"mlflow-{secrets.token_hex(12)}",
         "PREFECT_DB_NAME": "prefect", "PREFECT_DB_USER": "prefect",
         "PREFECT_DB_PASSWORD": f"prefect-{secrets.token_hex(12)}",
+        "OPTUNA_DB_NAME": "optuna", "OPTUNA_DB_USER": "optuna",
+        "OPTUNA_DB_PASSWORD": f"optuna-{secrets.token_hex(12)}",
     }
 
 
@@ -218,8 +225,12 @@ def team(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScaleOutStack]:
         )
         cleanup.callback(_stop_with_descendants, mlflow.stop, [mlflow.process])
         stack.mlflow_url = mlflow.url
-        # Every client from here on (CLI, workers and the flow runs they start) signs in to both servers.
-        stack.env = {**_client_env(root, api_url, mlflow.url), **{key: credentials[key] for key in CLIENT_CREDENTIALS}}
+        # Every client from here on (CLI, workers and the flow runs they start) signs in to both servers and, as
+        # compose's workers do, shares the Optuna storage in the `optuna` database.
+        optuna_db = cluster.url("postgresql+psycopg2", roles["OPTUNA_DB_USER"], roles["OPTUNA_DB_PASSWORD"],
+                                roles["OPTUNA_DB_NAME"])
+        stack.env = {**_client_env(root, api_url, mlflow.url), **{key: credentials[key] for key in CLIENT_CREDENTIALS},
+                     "TEXTRNN_OPTUNA_STORAGE": optuna_db}
         _wait_for_http(f"{api_url}/health", stack.processes["server"], SERVER_START_S, stack)
 
         for pool in ("cpu", "gpu"):
@@ -425,7 +436,7 @@ def test_services_keep_their_state_in_postgres(team: ScaleOutStack) -> None:
     assert team.sql("mlflow", "SELECT count(*) FROM alembic_version")[0][0] == 1
     assert team.sql("prefect", "SELECT count(*) FROM alembic_version")[0][0] == 1
     deployments = {row[0] for row in team.sql("prefect", "SELECT name FROM deployment")}
-    assert {"nightly-train", "train-variant", "batch-predict"} <= deployments
+    assert {"nightly-train", "train-variant", "batch-predict", "weekly-tune", "tune-worker"} <= deployments
     with _prefect_client(team) as client:
         automations = client.read_automations()
     assert [automation.name for automation in automations] == ["textrnn: crash zombie flow runs"]
@@ -514,6 +525,117 @@ def test_champion_alias_is_set(first_run: PipelineRun, team: ScaleOutStack) -> N
     aliases = team.sql("mlflow", "SELECT alias, version::text FROM registered_model_aliases WHERE name = %s",
                        MODEL_NAME)
     assert aliases == [("champion", champion.version)]
+
+
+# ------------------------------------------------------------------------------------------ a sweep
+# Run while both GPU workers live: the resilience tests below kill one.
+
+TUNE = "tune/weekly-tune"
+SWEEP_VARIANT, SWEEP_STUDY, SWEEP_TRIALS, SWEEP_WORKERS = "bag", "scale-out-sweep", 4, 2
+SWEEP_RUN_S = 300
+
+
+@dataclass
+class SweepRun:
+    """The tune flow run, its tune-worker flow runs, and the markdown of its study artifact."""
+
+    flow_run: Any
+    worker_runs: list[Any]
+    artifact_markdown: str
+
+
+@pytest.fixture(scope="module")
+def sweep(team: ScaleOutStack, workdir: Path) -> SweepRun:
+    """`prefect deployment run tune/weekly-tune`: a 4-trial study of `bag` on two GPU workers, tiny settings."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    from flows.tuning import STUDY_KEY
+
+    name = f"scale-out-tune-{uuid.uuid4().hex[:8]}"
+    overrides = [*_pipeline_overrides(workdir), "data.sample.train_rows=800", "train.epochs=2",
+                 "tune.space={learning_rate: {low: 0.001, high: 0.02, log: true}}", "tune.heartbeat_seconds=2"]
+    parameters = {"params": "params.yaml", "variant": SWEEP_VARIANT, "study": SWEEP_STUDY, "trials": SWEEP_TRIALS,
+                  "workers": SWEEP_WORKERS, "overrides": overrides}
+    team.stack.prefect("deployment", "run", TUNE, "--params", json.dumps(parameters), "--flow-run-name", name)
+    deadline = time.monotonic() + SWEEP_RUN_S
+    with _prefect_client(team) as client:
+        while time.monotonic() < deadline:
+            run = _pipeline_run(client, name)
+            if run is not None and run.state is not None and run.state.is_final():
+                artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=[STUDY_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+                return SweepRun(flow_run=run, worker_runs=_variant_runs(client, run.id),
+                                artifact_markdown=artifacts[0].data if artifacts else "")
+            time.sleep(1)
+    raise AssertionError(f"{name} did not finish within {SWEEP_RUN_S} s:\n{team.logs(60)}")
+
+
+def _study_trials(team: ScaleOutStack) -> list[tuple[int, str, str | None]]:
+    """(number, state, MLflow run id) of each trial of the sweep's study, read from the `optuna` database."""
+    rows = team.sql("optuna", """
+        SELECT t.number, t.state::text, a.value_json FROM trials t JOIN studies s ON s.study_id = t.study_id
+        LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'mlflow_run_id'
+        WHERE s.study_name = %s ORDER BY t.number""", SWEEP_STUDY)
+    return [(number, state, json.loads(run_id) if run_id else None) for number, state, run_id in rows]
+
+
+def test_sweep_runs_its_workers_on_the_gpu_pool(sweep: SweepRun, team: ScaleOutStack) -> None:
+    run = sweep.flow_run
+    assert run.state.is_completed(), f"{run.state}:\n{team.logs(80)}"
+    assert {"textrnn", "tuning", f"variant:{SWEEP_VARIANT}", "stage:tune"} <= set(run.tags), run.tags
+    workers = sweep.worker_runs
+    label = f"tune-{SWEEP_VARIANT}-{SWEEP_STUDY}"
+    assert sorted(worker.name for worker in workers) == [f"{label}-worker-{n}" for n in range(1, SWEEP_WORKERS + 1)]
+    assert all(worker.state.is_completed() and worker.work_pool_name == "gpu" for worker in workers), \
+        [(worker.name, worker.state) for worker in workers]
+    assert all({"gpu", "stage:tune-worker", f"variant:{SWEEP_VARIANT}"} <= set(worker.tags) for worker in workers)
+    assert len({worker.infrastructure_pid for worker in workers}) == SWEEP_WORKERS  # two flow-run processes
+    # The artifact lists every trial, with its MLflow run, and names the best.
+    trials = _study_trials(team)
+    assert "**Best**: trial" in sweep.artifact_markdown, sweep.artifact_markdown
+    for number, state, run_id in trials:
+        assert f"| {number} | {state.lower()} |" in sweep.artifact_markdown and run_id in sweep.artifact_markdown
+
+
+def test_sweep_study_lives_in_the_optuna_database(sweep: SweepRun, team: ScaleOutStack) -> None:
+    trials = _study_trials(team)
+    assert [number for number, _, _ in trials] == list(range(SWEEP_TRIALS)), trials
+    assert {state for _, state, _ in trials} <= {"COMPLETE", "PRUNED"}, trials
+    assert "COMPLETE" in {state for _, state, _ in trials}
+    assert all(run_id for _, _, run_id in trials), trials
+    attributes = dict(team.sql("optuna", "SELECT a.key, a.value_json FROM study_user_attributes a JOIN studies s "
+                                         "ON s.study_id = a.study_id WHERE s.study_name = %s", SWEEP_STUDY))
+    assert json.loads(attributes["variant"]) == SWEEP_VARIANT
+    # Every worker beat into the storage while it ran a trial (Optuna's heartbeat: how a dead one is found).
+    beats = team.sql("optuna", "SELECT count(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
+                               "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = %s", SWEEP_STUDY)
+    assert beats[0][0] == SWEEP_TRIALS
+
+
+def test_sweep_trials_are_child_runs_in_the_postgres_backed_mlflow(sweep: SweepRun, team: ScaleOutStack) -> None:
+    from textrnn.runs import PID_TAG
+
+    runs = team.sql("mlflow", """
+        SELECT r.run_uuid, r.status, kind.value, parent.value, pid.value FROM runs r
+        JOIN tags study ON study.run_uuid = r.run_uuid AND study.key = 'tune_study' AND study.value = %s
+        JOIN tags kind ON kind.run_uuid = r.run_uuid AND kind.key = 'run_kind'
+        LEFT JOIN tags parent ON parent.run_uuid = r.run_uuid AND parent.key = 'mlflow.parentRunId'
+        LEFT JOIN tags pid ON pid.run_uuid = r.run_uuid AND pid.key = %s
+        WHERE r.lifecycle_stage = 'active'""", SWEEP_STUDY, PID_TAG)
+    studies = [run for run in runs if run[2] == "tune"]
+    assert len(studies) == 1, runs  # one study run, however many workers asked for it
+    study_run = studies[0][0]
+    children = [run for run in runs if run[2] == "trial"]
+    assert len(children) == SWEEP_TRIALS and all(parent == study_run for _, _, _, parent, _ in children), runs
+    assert "RUNNING" not in {status for _, status, _, _, _ in runs}, runs
+    # The same runs Optuna recorded for its trials, trained in the tune-worker flow-run processes.
+    assert {run_id for run_id, *_ in children} == {run_id for _, _, run_id in _study_trials(team)}
+    worker_pids = {str(worker.infrastructure_pid).rsplit(":", 1)[-1] for worker in sweep.worker_runs}
+    assert {pid for *_, pid in children} <= worker_pids, (children, worker_pids)
+    with _mlflow_client(team) as client:
+        best = client.get_run(study_run).data
+    assert best.tags["best_run_id"] in {run_id for run_id, *_ in children}
+    assert best.metrics["trials_complete"] + best.metrics.get("trials_pruned", 0) == SWEEP_TRIALS
 
 
 def test_pipeline_completes_after_a_gpu_worker_is_killed(resilience_run: PipelineRun, team: ScaleOutStack) -> None:
