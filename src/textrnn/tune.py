@@ -54,6 +54,7 @@ STORAGE_ENV = "TEXTRNN_OPTUNA_STORAGE"
 STORAGE_FILE = "optuna.db"
 SCRATCH_SUBDIR = "tune"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+WAIT_POLL_SECONDS = 2  # how often a worker with nothing to start looks at the study again
 
 
 class TuneError(TextrnnError):
@@ -199,8 +200,9 @@ def work(cfg: Config, variant_name: str, study_name: str, trials: int | None = N
             break
         if done + counts[TrialState.RUNNING] >= trials:
             # The rest are running on other workers. Wait rather than leave: if one of them dies, its trial
-            # is failed once its heartbeat is stale, and this worker runs the trial in its place.
-            time.sleep(cfg.tune.heartbeat_seconds)
+            # is failed once its heartbeat is stale, and this worker runs the trial in its place. Checked
+            # every few seconds, so the study's last worker leaves soon after the last trial ends.
+            time.sleep(min(cfg.tune.heartbeat_seconds, WAIT_POLL_SECONDS))
             continue
         if ended[-trials:] == [TrialState.FAIL] * trials:
             raise TuneError(f"study '{study_name}': the last {trials} trials of this worker failed; see the log")
