@@ -10,6 +10,10 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export HF_HUB_DISABLE_TELEMETRY := 1
 DEMO_PARAMS := --set data.source=sample
+# `dvc plots show` offline: the page .dvc/config names (plots.html_template); `install` builds it (below).
+VEGA_DIR := .vega
+PLOTS_PAGE := $(VEGA_DIR)/dvc_plots.html
+VEGA_PACKAGES := vega@5.33.1 vega-lite@5.23.0 vega-embed@6.29.0
 
 .PHONY: demo test install clean
 
@@ -21,7 +25,7 @@ $(BIN)/textrnn: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
-install: $(BIN)/textrnn
+install: $(BIN)/textrnn $(PLOTS_PAGE)
 
 demo: install
 	PREFECT_HOME=$(CURDIR)/.prefect $(BIN)/textrnn pipeline $(DEMO_PARAMS)
@@ -31,6 +35,35 @@ test: install
 
 clean:
 	rm -rf data models metrics plots mlruns mlartifacts mlflow.db .cache .prefect
+
+# ---- `dvc plots show` offline ----
+# DVC's own page loads vega, vega-lite and vega-embed from a CDN, so offline it is blank. This inlines the
+# builds of those npm packages (`npm pack`: the three tarballs, kept in $(VEGA_DIR); no node_modules) into
+# docs/dvc_plots_template.html, so every page DVC writes is whole on its own: it renders offline, wherever it
+# is written (-o) or copied. The majors are the ones DVC's page uses (its templates are Vega-Lite v5 specs).
+# Without npm the page links the same builds on a CDN instead (as DVC's own does), so `dvc plots show` still works
+# online, and says how to get the offline page.
+$(PLOTS_PAGE): docs/dvc_plots_template.html Makefile
+	mkdir -p $(VEGA_DIR)
+	if ! command -v npm >/dev/null; then \
+	  echo "note: npm not found: dvc plots pages will load vega from a CDN (install npm, then make install)" >&2; \
+	  { sed '/<!-- VEGA_SCRIPTS/,$$d' $<; \
+	    for package in $(VEGA_PACKAGES); do printf '<script src="https://cdn.jsdelivr.net/npm/%s"></script>\n' "$$package"; done; \
+	    sed '1,/<!-- VEGA_SCRIPTS/d' $<; } > $@; \
+	  exit 0; \
+	fi; \
+	cd $(VEGA_DIR) && for package in $(VEGA_PACKAGES); do \
+	  [ -f "$${package%@*}-$${package#*@}.tgz" ] || npm pack --silent --prefer-offline --no-update-notifier "$$package" >/dev/null || exit 1; \
+	done
+	command -v npm >/dev/null || exit 0; \
+	{ sed '/<!-- VEGA_SCRIPTS/,$$d' $<; \
+	  for package in $(VEGA_PACKAGES); do \
+	    name=$${package%@*}; script=$$(tar -xzOf $(VEGA_DIR)/$$name-$${package#*@}.tgz package/build/$$name.min.js) || exit 1; \
+	    if grep -qi '</script' <<<"$$script"; then echo "$$package: its build contains </script" >&2; exit 1; fi; \
+	    printf '<script>/* %s, from npm */\n%s\n</script>\n' "$$package" "$$script"; \
+	  done; \
+	  sed '1,/<!-- VEGA_SCRIPTS/d' $<; } > $@.tmp
+	! command -v npm >/dev/null || mv $@.tmp $@
 
 # ---- Prefect: a local server, workers and the deployments in prefect.yaml ("Run on a schedule") ----
 # `make prefect-server` in one terminal, `make deploy` once, then one `make worker` per pool (and per GPU).

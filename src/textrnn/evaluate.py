@@ -127,9 +127,12 @@ def headline(report: dict[str, Any], trained: dict[str, Any]) -> dict[str, float
     return numbers
 
 
-def _prediction_records(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> list[dict[str, str]]:
-    """One {actual, predicted} record per test row: the shape `dvc plots`' confusion template counts."""
-    return [{"actual": classes[true], "predicted": classes[pred]} for true, pred in zip(labels, predictions)]
+def _prediction_records(labels: np.ndarray, predictions: np.ndarray, classes: list[str]) -> list[dict[str, str | int]]:
+    """One {actual, predicted} record per test row, the shape `dvc plots` counts into a confusion matrix
+    (.dvc/plots/class_confusion.json), with each class's position in data.classes (`actual_index`,
+    `predicted_index`): the matrix orders its axes by them, as the PNG does, rather than alphabetically."""
+    return [{"actual": classes[true], "predicted": classes[pred],
+             "actual_index": int(true), "predicted_index": int(pred)} for true, pred in zip(labels, predictions)]
 
 
 LATENCY_TEXTS = 50

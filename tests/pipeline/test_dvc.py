@@ -5,7 +5,8 @@ store) and commits; a fresh clone of that commit then reproduces one variant in 
 the tests check what DVC users rely on: nothing reruns without a change, a change to one variant reruns
 only that variant, `dvc metrics`, `dvc params diff`, `dvc plots show` and `dvc exp run -S` work, every
 stage declares exactly the params and code modules it uses, and the clone got the same results bit for
-bit.
+bit. `dvc plots show` writes a page that needs no network (headless Chromium renders it where installed),
+with a colour per variant on the learning curves and one confusion matrix per variant in data.classes order.
 
 DVC is kept hermetic: no analytics, its site cache and global/system config in temporary directories.
 """
@@ -22,6 +23,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,10 @@ CLONED = "gru"  # the variant a fresh clone reproduces (the recurrent one; `bag`
 SMALL = {"train_rows": 1000, "test_rows": 200}
 # Timings differ between runs by nature; everything else in the metrics files must be bit-identical.
 TIMING = re.compile(r"samples_per_second|seconds|latency|wall")
+# The page template .dvc/config names for `dvc plots` (vega inlined; `make install` builds it, git ignores it).
+PLOTS_PAGE = Path(".vega/dvc_plots.html")
+LEARNING_CURVES = ("Validation accuracy by epoch", "Validation loss by epoch")  # dvc.yaml's top-level plots
+CHROMIUM = Path("/usr/bin/chromium")
 
 # Written into the copy's PYTHONPATH: every `textrnn` process appends the textrnn modules it imported.
 IMPORT_HOOK = textwrap.dedent(
@@ -237,6 +243,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     (hook_dir / "sitecustomize.py").write_text(IMPORT_HOOK, encoding="utf-8")
     env = hermetic_env(base, hook_dir, import_log)
     copy_working_tree(root)
+    if (REPO_ROOT / PLOTS_PAGE).is_file():  # git-ignored: built by `make install` (test_plots_page_is_offline says)
+        (root / PLOTS_PAGE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / PLOTS_PAGE, root / PLOTS_PAGE)
     write_small_params(root)
     for argv in (["git", "init", "-q"], ["git", "config", "user.name", "textrnn tests"],
                  ["git", "config", "user.email", "tests@textrnn.invalid"]):
@@ -316,15 +325,189 @@ def test_params_diff_shows_a_change(project: Project) -> None:
     assert (change["old"], change["new"]) == (0.001, 0.002)
 
 
-def test_plots_show_renders_the_declared_plots(project: Project, tmp_path: Path) -> None:
-    project.dvc("plots", "show", "-o", str(tmp_path / "plots"))
-    html = (tmp_path / "plots" / "index.html").read_text(encoding="utf-8")
-    for fragment in ("Validation accuracy by epoch", "Validation loss by epoch"):
+# ------------------------------------------------------------------------------------- dvc plots
+
+
+@dataclass(eq=False)
+class Element:
+    tag: str
+    attrs: dict[str, str]
+    parents: tuple[Element, ...]
+    text: str = ""
+
+    @property
+    def classes(self) -> list[str]:
+        return self.attrs.get("class", "").split()
+
+
+class Page(HTMLParser):
+    """An HTML page's elements in document order, each with its ancestors (script and style bodies are text)."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.elements: list[Element] = []
+        self._open: list[Element] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = Element(tag, {name: value or "" for name, value in attrs}, tuple(self._open))
+        self.elements.append(element)
+        if tag not in self.VOID:
+            self._open.append(element)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append(Element(tag, {name: value or "" for name, value in attrs}, tuple(self._open)))
+
+    def handle_endtag(self, tag: str) -> None:
+        for depth in range(len(self._open) - 1, -1, -1):
+            if self._open[depth].tag == tag:
+                del self._open[depth:]
+                return
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._open[-1].text += data
+
+    def by_id(self, element_id: str) -> Element:
+        (element,) = [e for e in self.elements if e.attrs.get("id") == element_id]
+        return element
+
+    def inside(self, ancestor: Element, css_class: str | None = None) -> list[Element]:
+        """The elements under `ancestor` (with `css_class`, if given)."""
+        return [e for e in self.elements if any(p is ancestor for p in e.parents)
+                and (css_class is None or css_class in e.classes)]
+
+    def texts(self, ancestor: Element, css_class: str) -> list[str]:
+        """The texts of the <text> elements under `ancestor`'s groups of `css_class` (vega's SVG labels)."""
+        return [e.text for group in self.inside(ancestor, css_class) for e in self.inside(group) if e.tag == "text"]
+
+
+@pytest.fixture(scope="module")
+def plots_page(project: Project, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`dvc plots show -o DIR` in the copy (once): DIR/index.html."""
+    assert (REPO_ROOT / PLOTS_PAGE).is_file(), (
+        f"{PLOTS_PAGE} (the page template .dvc/config names for `dvc plots`) is missing: run `make install`")
+    out = tmp_path_factory.mktemp("dvc-plots") / "plots"
+    project.dvc("plots", "show", "-o", str(out))
+    return out / "index.html"
+
+
+def shown_plots(project: Project) -> dict[str, Any]:
+    """`dvc plots show --json`'s plots (stdout only: DVC warns on stderr about the plots of variants that
+    params.yaml's copy leaves out)."""
+    result = subprocess.run(["dvc", "plots", "show", "--json"], cwd=project.root, env=project.env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout)["data"]
+
+
+def plot_id(name: str) -> str:
+    """The id of a plot's element on DVC's page (its name, punctuation and spaces replaced by `_`)."""
+    return re.sub(r"[^A-Za-z0-9-]", "_", name)
+
+
+def test_plots_show_renders_the_declared_plots(plots_page: Path) -> None:
+    html = plots_page.read_text(encoding="utf-8")
+    for fragment in LEARNING_CURVES:
         assert fragment in html
     for variant in VARIANTS:
         assert f"{variant}/train.json" in html  # its learning curves (DVC shortens the file names)
-        assert f"{variant}: confusion matrix" in html  # the confusion template over predictions.json
+        assert f"{variant}: confusion matrix" in html  # .dvc/plots/class_confusion.json over predictions.json
         assert f"plots/{variant}/learning_curves.png" in html
+
+
+def test_plots_page_is_offline(project: Project, plots_page: Path) -> None:
+    """The page loads nothing from the network (DVC's own loads vega from a CDN): vega, vega-lite and
+    vega-embed are inlined, and every file it references (the PNGs) is there beside it."""
+    assert os.path.normpath(Path(".dvc", project.dvc("config", "plots.html_template").strip())) == str(PLOTS_PAGE)
+    page = Page(plots_page.read_text(encoding="utf-8"))
+    scripts = [e for e in page.elements if e.tag == "script"]
+    for package in ("vega", "vega-lite", "vega-embed"):
+        assert any(e.text.startswith(f"/* {package}@") for e in scripts), f"{package} is not inlined in the page"
+    referenced = [(e.tag, e.attrs[name]) for e in page.elements for name in ("src", "href") if e.attrs.get(name)]
+    assert not [ref for ref in referenced if ref[0] in ("script", "link")], referenced
+    assert any(tag == "img" for tag, _ in referenced), "the learning-curve PNGs are missing from the page"
+    for tag, url in referenced:
+        assert not re.match(r"[a-z][a-z0-9+.-]*:|//", url, re.IGNORECASE), f"<{tag}> loads {url}"
+        assert (plots_page.parent / url).is_file(), f"<{tag}> references {url}, which is not there"
+
+
+def test_learning_curves_give_each_variant_its_colour(project: Project) -> None:
+    """The learning-curve specs (`dvc plots show --json`) colour by variant, named in the legend, from a scheme
+    with a colour for every variant of params.yaml; each curve's points belong to exactly one variant."""
+    shown = shown_plots(project)
+    schemes = {"tableau10": 10}  # the colours in vega's categorical schemes that we use
+    all_variants = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))["variants"]
+    for title in LEARNING_CURVES:
+        (plot,) = shown[title]
+        spec = plot["content"]
+        colour = spec["encoding"]["color"]
+        assert (colour["field"], colour["type"], colour["title"]) == ("variant", "nominal", "variant"), colour
+        assert len(all_variants) <= schemes[colour["scale"]["scheme"]], "more variants than colours"
+        (derive,) = [step["calculate"] for step in spec["transform"] if step.get("as") == "variant"]
+        pattern = re.fullmatch(r"replace\(datum\.filename, regexp\('(.+)'\), '\$2'\)", derive).group(1)
+        variants = {re.sub(pattern, r"\2", point["filename"]) for point in spec["data"]["values"]}
+        assert variants == set(VARIANTS), (title, variants)
+
+
+def test_one_confusion_matrix_per_variant_in_class_order(project: Project) -> None:
+    """Each variant's confusion matrix is shown once (DVC's interactive one; evaluate's PNG is a plain output),
+    its axes sorted by the classes' positions in data.classes, which predictions.json records."""
+    classes = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))["data"]["classes"]
+    shown = shown_plots(project)
+    for variant in VARIANTS:
+        matrices = [name for name, plots in shown.items() for plot in plots
+                    if variant in Path(name).parts and "confusion" in json.dumps(plot.get("content", plot))]
+        assert matrices == [f"plots/{variant}/predictions.json"], matrices
+        assert f"plots/{variant}/confusion_matrix.png" not in shown
+        (plot,) = shown[f"plots/{variant}/predictions.json"]
+        spec = plot["content"]["spec"]
+        assert spec["encoding"]["x"]["sort"] == {"field": "x_index", "op": "min"}
+        assert spec["encoding"]["y"]["sort"] == {"field": "y_index", "op": "min"}
+        for record in plot["content"]["data"]["values"]:
+            assert classes.index(record["actual"]) == record["actual_index"]
+            assert classes.index(record["predicted"]) == record["predicted_index"]
+
+
+@pytest.mark.skipif(not CHROMIUM.is_file(),
+                    reason=f"{CHROMIUM} is not installed (Debian package chromium; .ci/run installs it)")
+def test_plots_page_renders_offline_in_chromium(plots_page: Path, tmp_path: Path) -> None:
+    """Headless Chromium, with no network (no host name resolves), draws every vega plot of the page as SVG:
+    each variant's learning curve in its own colour with its legend entry, and each confusion matrix with
+    data.classes on both axes."""
+    classes = yaml.safe_load(PARAMS.read_text(encoding="utf-8"))["data"]["classes"]
+    result = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--host-resolver-rules=MAP * ~NOTFOUND",
+         f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=10000", "--dump-dom",
+         plots_page.as_uri()],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = Page(result.stdout)
+    for title in LEARNING_CURVES:
+        plot = page.by_id(plot_id(title))
+        assert page.inside(plot, "marks"), f"{title}: not drawn"
+        legends = [g for g in page.inside(plot, "role-legend") if page.texts(g, "role-legend-title") == ["variant"]]
+        assert len(legends) == 1 and page.texts(legends[0], "role-legend-label") == sorted(VARIANTS), title
+        strokes: dict[str, set[str]] = {}
+        for line in page.inside(plot):
+            if line.tag == "path" and line.attrs.get("aria-roledescription") == "line mark":
+                variant = re.search(r"variant: ([^;]+)", line.attrs["aria-label"]).group(1)
+                strokes.setdefault(variant, set()).add(line.attrs["stroke"])
+        assert set(strokes) == set(VARIANTS), strokes
+        assert all(len(colours) == 1 for colours in strokes.values()), strokes
+        assert len(set.union(*strokes.values())) == len(VARIANTS), f"{title}: variants share a colour: {strokes}"
+    for variant in VARIANTS:
+        plot = page.by_id(plot_id(f"plots/{variant}/predictions.json"))
+        assert page.inside(plot, "marks"), f"{variant}'s confusion matrix: not drawn"
+        axes = {axis.attrs.get("aria-label", "")[:6]: page.texts(axis, "role-axis-label")
+                for axis in page.inside(plot, "role-axis")}
+        assert axes == {"X-axis": classes, "Y-axis": classes}, axes
 
 
 def test_learning_curve_plots_cover_every_variant() -> None:
