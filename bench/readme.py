@@ -188,7 +188,8 @@ def quality_lines(report: dict[str, Any]) -> list[str]:
         f"patience {protocol['patience']}), is exported to ONNX and scored on the fold. Seeds {seeds} (each a new "
         "val split, initialisation and batch order); mean ± sample standard deviation. The new variants' options "
         "were chosen on seed 42's validation split only, never on the fold (every trial is in "
-        f"`bench/results/quality_trials.json`). The run took {report['wall_seconds'] / 60:.0f} min with "
+        "`bench/results/quality_trials.json`, and `bilstm_mean`'s `textrnn tune` studies in "
+        f"`bench/results/quality_tune.json`). The run took {report['wall_seconds'] / 60:.0f} min with "
         f"{report['jobs']} variants at a time ({load_text(*report['load_average'])}).",
         "",
         "| variant | held-out accuracy | − bag | held-out macro-F1 | val accuracy | best epoch | per seed |",
