@@ -229,3 +229,34 @@ def test_apply_retrains_the_best_params_to_the_best_trials_metric(sweep: Sweep) 
     # ... registered, and judged by the same gate as every variant (the first version becomes champion).
     promotion = read_json(sweep.workdir / "metrics" / "promotion.json")
     assert promotion["promoted"] is True and "gru_best" in sweep.apply_output
+
+
+def test_the_tune_flow_runs_a_study_locally_and_publishes_its_trials(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Prefect `tune` flow in local mode (one worker subflow) on a temporary Prefect server: the study
+    completes, the flow run is named after it and tagged, and the artifact lists every trial."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.tuning import STUDY_KEY, tune_flow
+
+    shutil.copy(PARAMS, tmp_path / "params.yaml")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("TEXTRNN_OPTUNA_STORAGE", raising=False)
+    small = [override for override in OVERRIDES if not override.startswith("tune.heartbeat")]
+    with prefect_test_harness(server_startup_timeout=180):
+        state = tune_flow(params="params.yaml", overrides=[*small, "train.epochs=2", "data.sample.train_rows=600"],
+                          variant="gru", study="flow-study", trials=3, return_state=True)
+        result = state.result()
+        with get_client(sync_client=True) as prefect:
+            run = prefect.read_flow_run(state.state_details.flow_run_id)
+            (artifact,) = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[STUDY_KEY])),
+                                                 limit=1, sort=ArtifactSort.CREATED_DESC)
+    assert sum(result["counts"].get(state_name, 0) for state_name in ("COMPLETE", "PRUNED")) == 3
+    assert [worker["state"] for worker in result["workers"]] == ["COMPLETED"]
+    assert run.name == "tune-gru-flow-study" and {"textrnn", "variant:gru", "stage:tune"} <= set(run.tags)
+    for number in range(3):
+        assert f"\n| {number} | " in artifact.data
+    assert f"trial {result['best']['number']}" in artifact.data and result["mlflow_parent_run_id"] in artifact.data
