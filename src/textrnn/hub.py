@@ -4,9 +4,10 @@
 timeout and no retries, so an offline machine fails in seconds with a line that says how to point the
 pipeline at local files instead.
 
-Caches: the datasets cache goes under the project's `paths.cache/hf`. A user's own `HF_HOME` (and the Hub
-token kept there) is left alone; only when none is set does the Hub's own cache move under the project
-too, so a fresh checkout writes nothing outside its working directory.
+Caches: the datasets cache goes under the project's `paths.cache/hf`. The Hub's download cache follows the
+user's own `HF_HOME` or `HF_HUB_CACHE` when set, and moves under the project otherwise (`HF_HUB_CACHE`), so a
+fresh checkout writes nothing outside its working directory. `HF_HOME` itself is never set: it is where the
+Hub keeps the user's token (`~/.cache/huggingface/token` by default), which a gated dataset needs.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def download_splits(cfg: DataConfig, cache_dir: Path) -> dict[str, tuple[pd.Data
     the dataset, its Hub revision and its datasets fingerprint. Raises DataError (one line) otherwise."""
     cache = Path(cache_dir).resolve() / "hf"
     # huggingface_hub reads these when first imported, so they are set before the lazy imports below.
-    os.environ.setdefault("HF_HOME", str(cache))
+    if not os.environ.get("HF_HOME") and not os.environ.get("HF_HUB_CACHE"):
+        os.environ["HF_HUB_CACHE"] = str(cache / "hub")
     os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", HF_TIMEOUT_S)
     os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", HF_TIMEOUT_S)
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

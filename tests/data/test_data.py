@@ -433,3 +433,36 @@ def test_hf_source_reads_a_local_dataset_in_offline_mode(tmp_path):
     assert report["inputs"]["train"]["fingerprint"]
     texts = set(data.read_split(tmp_path / "prepared", "train")["text"])
     assert texts == {"it's a b", "y"}
+
+
+HUB_ENV_SCRIPT = """
+import json, sys
+from pathlib import Path
+from textrnn import hub
+from textrnn.config import DataConfig
+from textrnn.data import DataError
+try:
+    hub.download_splits(DataConfig(source="hf", hf_name="nobody/nothing"), Path(sys.argv[1]))
+except DataError:
+    pass  # offline, nothing cached: only the environment it set matters here
+import huggingface_hub
+from huggingface_hub import constants
+print(json.dumps({"token": huggingface_hub.get_token(), "hub_cache": constants.HF_HUB_CACHE}))
+"""
+
+
+@pytest.mark.parametrize("own_home", [False, True], ids=["default-home", "own-HF_HOME"])
+def test_the_hub_cache_stays_in_the_project_and_the_users_token_is_still_found(tmp_path, own_home):
+    home = tmp_path / "home"
+    hf_home = tmp_path / "my-hf" if own_home else home / ".cache" / "huggingface"
+    hf_home.mkdir(parents=True)
+    (hf_home / "token").write_text("hf_users_own_token")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HOME=str(home), HF_HUB_OFFLINE="1", **({"HF_HOME": str(hf_home)} if own_home else {}))
+    done = subprocess.run([sys.executable, "-c", HUB_ENV_SCRIPT, str(tmp_path / "cache")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["token"] == "hf_users_own_token"
+    expected_cache = hf_home / "hub" if own_home else tmp_path / "cache" / "hf" / "hub"
+    assert Path(seen["hub_cache"]).resolve() == expected_cache.resolve()
