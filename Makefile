@@ -44,8 +44,8 @@ clean:
 # Without npm the page links the same builds on a CDN instead (as DVC's own does), so `dvc plots show` still works
 # online, and says how to get the offline page.
 $(PLOTS_PAGE): docs/dvc_plots_template.html Makefile
-	mkdir -p $(VEGA_DIR)
-	if ! command -v npm >/dev/null; then \
+	@mkdir -p $(VEGA_DIR)
+	@if ! command -v npm >/dev/null; then \
 	  echo "note: npm not found: dvc plots pages will load vega from a CDN (install npm, then make install)" >&2; \
 	  { sed '/<!-- VEGA_SCRIPTS/,$$d' $<; \
 	    for package in $(VEGA_PACKAGES); do printf '<script src="https://cdn.jsdelivr.net/npm/%s"></script>\n' "$$package"; done; \
@@ -55,7 +55,7 @@ $(PLOTS_PAGE): docs/dvc_plots_template.html Makefile
 	cd $(VEGA_DIR) && for package in $(VEGA_PACKAGES); do \
 	  [ -f "$${package%@*}-$${package#*@}.tgz" ] || npm pack --silent --prefer-offline --no-update-notifier "$$package" >/dev/null || exit 1; \
 	done
-	command -v npm >/dev/null || exit 0; \
+	@command -v npm >/dev/null || exit 0; \
 	{ sed '/<!-- VEGA_SCRIPTS/,$$d' $<; \
 	  for package in $(VEGA_PACKAGES); do \
 	    name=$${package%@*}; script=$$(tar -xzOf $(VEGA_DIR)/$$name-$${package#*@}.tgz package/build/$$name.min.js) || exit 1; \
@@ -63,7 +63,7 @@ $(PLOTS_PAGE): docs/dvc_plots_template.html Makefile
 	    printf '<script>/* %s, from npm */\n%s\n</script>\n' "$$package" "$$script"; \
 	  done; \
 	  sed '1,/<!-- VEGA_SCRIPTS/d' $<; } > $@.tmp
-	! command -v npm >/dev/null || mv $@.tmp $@
+	@! command -v npm >/dev/null || mv $@.tmp $@
 
 # ---- Prefect: a local server, workers and the deployments in prefect.yaml ("Run on a schedule") ----
 # `make prefect-server` in one terminal, `make deploy` once, then one `make worker` per pool (and per GPU).
