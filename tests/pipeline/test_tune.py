@@ -52,10 +52,16 @@ def _sets() -> list[str]:
     return [arg for override in OVERRIDES for arg in ("--set", override)]
 
 
+def _own_stores_env() -> dict[str, str]:
+    """This environment without a tracking URI, storage or parent run another test may have left set: every
+    process of the story uses the working directory's own stores."""
+    return {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_TRACKING", "TEXTRNN_"))}
+
+
 def _worker(workdir: Path, log: Path, *extra: str) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_TRACKING", "TEXTRNN_"))}
     return subprocess.Popen([TEXTRNN, "tune", "--variant", "gru", "--study", STUDY, *extra, *_sets()], cwd=workdir,
-                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                            env=_own_stores_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -117,7 +123,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
         cfg = config.load(workdir / "params.yaml", OVERRIDES)
     # The data first, so the workers start training at once (each would otherwise prepare it too).
     for step in ("prepare", "encode"):
-        subprocess.run([TEXTRNN, step, *_sets()], cwd=workdir, check=True, capture_output=True, timeout=120)
+        subprocess.run([TEXTRNN, step, *_sets()], cwd=workdir, check=True, capture_output=True, timeout=120,
+                       env=_own_stores_env())
     sweep = Sweep(workdir, cfg, 0, 0, {}, "")
     study = sweep.study()
     for params in QUEUED:
@@ -142,7 +149,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
         sweep.after_first_phase = _states(study)
         resumed = subprocess.run([TEXTRNN, "tune", "--variant", "gru", "--study", STUDY, "--trials", "8", "--apply",
                                   "--as", "gru_best", *_sets()], cwd=workdir, capture_output=True, text=True,
-                                 timeout=DEADLINE_S)
+                                 timeout=DEADLINE_S, env=_own_stores_env())
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         sweep.apply_output = resumed.stdout
     finally:
