@@ -532,6 +532,8 @@ def test_champion_alias_is_set(first_run: PipelineRun, team: ScaleOutStack) -> N
 
 TUNE = "tune/weekly-tune"
 SWEEP_VARIANT, SWEEP_STUDY, SWEEP_TRIALS, SWEEP_WORKERS = "bag", "scale-out-sweep", 4, 2
+# Workers that start their last trials at the same moment can each start one more (README, Sweeps).
+SWEEP_AT_MOST = SWEEP_TRIALS + SWEEP_WORKERS - 1
 SWEEP_RUN_S = 300
 
 
@@ -599,7 +601,8 @@ def test_sweep_runs_its_workers_on_the_gpu_pool(sweep: SweepRun, team: ScaleOutS
 
 def test_sweep_study_lives_in_the_optuna_database(sweep: SweepRun, team: ScaleOutStack) -> None:
     trials = _study_trials(team)
-    assert [number for number, _, _ in trials] == list(range(SWEEP_TRIALS)), trials
+    assert SWEEP_TRIALS <= len(trials) <= SWEEP_AT_MOST, trials
+    assert [number for number, _, _ in trials] == list(range(len(trials))), trials
     assert {state for _, state, _ in trials} <= {"COMPLETE", "PRUNED"}, trials
     assert "COMPLETE" in {state for _, state, _ in trials}
     assert all(run_id for _, _, run_id in trials), trials
@@ -609,7 +612,7 @@ def test_sweep_study_lives_in_the_optuna_database(sweep: SweepRun, team: ScaleOu
     # Every worker beat into the storage while it ran a trial (Optuna's heartbeat: how a dead one is found).
     beats = team.sql("optuna", "SELECT count(*) FROM trial_heartbeats h JOIN trials t ON t.trial_id = h.trial_id "
                                "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = %s", SWEEP_STUDY)
-    assert beats[0][0] == SWEEP_TRIALS
+    assert beats[0][0] == len(trials)
 
 
 def test_sweep_trials_are_child_runs_in_the_postgres_backed_mlflow(sweep: SweepRun, team: ScaleOutStack) -> None:
@@ -626,7 +629,8 @@ def test_sweep_trials_are_child_runs_in_the_postgres_backed_mlflow(sweep: SweepR
     assert len(studies) == 1, runs  # one study run, however many workers asked for it
     study_run = studies[0][0]
     children = [run for run in runs if run[2] == "trial"]
-    assert len(children) == SWEEP_TRIALS and all(parent == study_run for _, _, _, parent, _ in children), runs
+    assert SWEEP_TRIALS <= len(children) <= SWEEP_AT_MOST, runs
+    assert all(parent == study_run for _, _, _, parent, _ in children), runs
     assert "RUNNING" not in {status for _, status, _, _, _ in runs}, runs
     # The same runs Optuna recorded for its trials, trained in the tune-worker flow-run processes.
     assert {run_id for run_id, *_ in children} == {run_id for _, _, run_id in _study_trials(team)}
@@ -635,7 +639,7 @@ def test_sweep_trials_are_child_runs_in_the_postgres_backed_mlflow(sweep: SweepR
     with _mlflow_client(team) as client:
         best = client.get_run(study_run).data
     assert best.tags["best_run_id"] in {run_id for run_id, *_ in children}
-    assert best.metrics["trials_complete"] + best.metrics.get("trials_pruned", 0) == SWEEP_TRIALS
+    assert best.metrics["trials_complete"] + best.metrics.get("trials_pruned", 0) == len(children)
 
 
 def test_pipeline_completes_after_a_gpu_worker_is_killed(resilience_run: PipelineRun, team: ScaleOutStack) -> None:
