@@ -193,7 +193,9 @@ def test_a_killed_retrain_leaves_no_old_model(exported: Path) -> None:
        "the second: error: variant lstm is being written by pid N (textrnn train), exit 2; the first finishes",
        kept="the first run's outputs")
 def test_two_concurrent_trains_of_one_variant(encoded: Path) -> None:
-    long = ["train.epochs=25", "train.patience=25"]
+    # Long enough that the first run still trains while a second process starts, even on a loaded machine
+    # (25 epochs once ended first in a full run).
+    long = ["train.epochs=100", "train.patience=100"]
     first = spawn_cli(encoded, *args("train", "--variant", "lstm", "--no-progress", sets=long))
     wait_for(encoded / MODEL_DIR / "checkpoint.pt", first)
     second = run(encoded, "train", "--variant", "lstm", "--no-progress")
@@ -202,7 +204,7 @@ def test_two_concurrent_trains_of_one_variant(encoded: Path) -> None:
     stdout, stderr = first.communicate(timeout=300)
     assert first.returncode == 0, stderr
     summary = json.loads((encoded / "metrics/lstm/train.json").read_text())
-    assert summary["epochs_run"] == 25 and (encoded / MODEL_DIR / "model.pt").is_file()
+    assert summary["epochs_run"] == 100 and (encoded / MODEL_DIR / "model.pt").is_file()
 
 
 @fault(4, "two tracked `textrnn train` (lstm, gru) started at once on a fresh sqlite MLflow store",
