@@ -44,7 +44,6 @@ from textrnn import tune, tune_space
 from textrnn.config import DEFAULT_PARAMS, Config
 from textrnn.pipeline import PipelineError
 from textrnn.provenance import git_tags
-from textrnn.tune_tracking import RUN_ID_ATTR
 
 TUNE_WORKER_DEPLOYMENT = "tune-worker/tune-worker"
 TUNE_STAGE, WORKER_STAGE = "tune", "tune-worker"  # `stage:` tags, after the flows' names
@@ -189,7 +188,7 @@ def _trial_row(trial: Any) -> str:
     value = "-" if trial.value is None else f"{trial.value:.4f}"
     if trial.state.name == "PRUNED" and trial.intermediate_values:  # its value is that of the epoch it stopped at
         value += f" (epoch {max(trial.intermediate_values)})"
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    run_id = trial.user_attrs.get(tune.RUN_ID_ATTR)
     return (f"| {trial.number} | {trial.state.name.lower()} | {value} | {_params(trial.params)} "
             f"| {f'`{run_id}`' if run_id else '-'} |")
 

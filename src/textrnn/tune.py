@@ -54,6 +54,7 @@ STORAGE_ENV = "TEXTRNN_OPTUNA_STORAGE"
 STORAGE_FILE = "optuna.db"
 SCRATCH_SUBDIR = "tune"
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+RUN_ID_ATTR = "mlflow_run_id"  # the trial's user attribute naming its MLflow run (textrnn.tune_tracking)
 WAIT_POLL_SECONDS = 2  # how often a worker with nothing to start looks at the study again
 
 
@@ -143,7 +144,7 @@ def _objective(cfg: Config, variant: Variant, study: str, parent_run_id: str | N
             else:
                 with tune_tracking.trial_run(trial_cfg, candidate, parent_run_id, study, trial.number,
                                              optuna.TrialPruned) as run_id:
-                    trial.set_user_attr(tune_tracking.RUN_ID_ATTR, run_id)
+                    trial.set_user_attr(RUN_ID_ATTR, run_id)
                     try:
                         summary = train.train_variant(trial_cfg, candidate, on_epoch=on_epoch,
                                                       show_progress=show_progress)
@@ -226,16 +227,21 @@ def _reap_dead_trials(cfg: Config, study: optuna.Study, parent_run_id: str | Non
             tune_tracking.close_dead_trials(cfg, study.study_name, failed)
 
 
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The complete trial with the lowest validation loss (the first on a tie), or None."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return min(complete, key=lambda trial: (trial.value, trial.number)) if complete else None
+
+
 def summary(cfg: Config, study: optuna.Study, parent_run_id: str | None) -> dict[str, Any]:
     """{study, variant, counts, best: {number, value, val_accuracy, params, run_id}, mlflow_parent_run_id};
     the best trial is also recorded on the study's MLflow run."""
     counts = {state.name: count for state, count in _counts(study).items()}
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trial = best_trial(study)
     best = None
-    if complete:
-        trial = min(complete, key=lambda trial: (trial.value, trial.number))
+    if trial is not None:
         best = {"number": trial.number, "value": trial.value, "val_accuracy": trial.user_attrs.get("val_accuracy"),
-                "params": trial.params, "run_id": trial.user_attrs.get("mlflow_run_id")}
+                "params": trial.params, "run_id": trial.user_attrs.get(RUN_ID_ATTR)}
         if parent_run_id is not None:
             from textrnn import tune_tracking
 
@@ -248,10 +254,9 @@ def best_variant(cfg: Config, variant_name: str, study_name: str, name: str | No
     """The variant with the study's best params, named `name` (default `<variant>_tuned`)."""
     variant = cfg.variant(variant_name)
     study = open_study(cfg, variant, study_name)
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
+    best = best_trial(study)
+    if best is None:
         raise TuneError(f"study '{study_name}' has no complete trial yet")
-    best = min(complete, key=lambda trial: (trial.value, trial.number))
     return tune_space.tuned(variant, best.params, name or f"{variant_name}_tuned")
 
 

@@ -28,7 +28,6 @@ from textrnn.tracking import _context_tags, _log_params
 log = logging.getLogger("textrnn")
 
 STUDY_TAG, TRIAL_TAG, STATE_TAG = "tune_study", "trial_number", "trial_state"
-RUN_ID_ATTR = "mlflow_run_id"  # the Optuna trial's user attribute naming its MLflow run
 
 
 def _study_runs(client: MlflowClient, experiment_id: str, study: str) -> list[Any]:
