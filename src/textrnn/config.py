@@ -105,6 +105,12 @@ class VariantConfig(Frozen):
     dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     embed_dropout: Float = Field(0.0, ge=0.0, lt=1.0)
     token_dropout: Float = Field(0.0, ge=0.0, lt=1.0)  # word dropout: a real token becomes [UNK]
+    # The head also reads the mean of the real tokens' embeddings (what `bag` reads), beside the pooled
+    # recurrent features: a shortcut past the recurrence for the words alone.
+    embedding_skip: Bool = False
+    # Adversarial training (FGM, Miyato et al. 2017): each step also trains on the batch's embeddings moved
+    # by this L2 norm per row in the direction that raises the loss most. 0: off.
+    adversarial: Float = Field(0.0, ge=0.0, le=1_000.0)
     # Training options (optim.py, train.py): decoupled weight decay on the dense non-bias weights, label
     # smoothing in the loss, linear warmup then a constant or cosine learning rate, stepped per batch.
     weight_decay: Float = Field(0.0, ge=0.0, lt=1.0)
@@ -126,6 +132,8 @@ class VariantConfig(Frozen):
         # Pooling over steps needs to know which steps are real: only the masked recurrent path does.
         if self.pool != "last" and (self.cell == "bag" or not self.masked):
             raise ValueError(f"pool '{self.pool}' needs a masked recurrent cell (rnn/lstm/gru with masked: true)")
+        if self.embedding_skip and (self.cell == "bag" or not self.masked):
+            raise ValueError("embedding_skip needs a masked recurrent cell (rnn/lstm/gru with masked: true)")
         return self
 
 

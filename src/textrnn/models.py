@@ -102,7 +102,7 @@ class TextRNN(nn.Module):
                 for recurrent in directions_of_layer:
                     init_recurrent(recurrent)
             features = variant.hidden * directions
-        self.head = nn.Linear(features, num_classes)
+        self.head = nn.Linear(features + (variant.embed_dim if variant.embedding_skip else 0), num_classes)
         nn.init.xavier_uniform_(self.head.weight)  # Keras' Dense default, as the rest of the recipe
         nn.init.zeros_(self.head.bias)
         if variant.pool == "attention":
@@ -112,12 +112,22 @@ class TextRNN(nn.Module):
             nn.init.zeros_(self.attention.weight)
 
     def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embed(token_ids, lengths), lengths)
+
+    def embed(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, T, embed_dim]: the rows' embeddings, after word and embedding dropout in training. Training
+        perturbs this tensor for the `adversarial` option (train.py)."""
         token_ids = self._word_dropout(token_ids, lengths, self.variant.token_dropout)
-        embedded = self._channel_dropout(self.embedding(token_ids), self.variant.embed_dropout)
+        return self._channel_dropout(self.embedding(token_ids), self.variant.embed_dropout)
+
+    def classify(self, embedded: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_classes] from embeddings [B, T, embed_dim]."""
         if self.variant.cell == "bag":
             features = self._mean_over_real_steps(embedded, lengths)
         elif self.variant.masked:
             features = self._masked_features(embedded, lengths)
+            if self.variant.embedding_skip:
+                features = torch.cat([features, self._mean_over_real_steps(embedded, lengths)], dim=-1)
         else:
             features = self._unmasked_features(embedded)
         if self.training and self.variant.dropout > 0:

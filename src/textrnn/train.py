@@ -127,13 +127,9 @@ def _train_epoch(
     started = time.perf_counter()
     for step, rows in enumerate(batches, start=1):
         token_ids, lengths, labels = batch_tensors(split, rows, device)
-        with _autocast(device):
-            logits = model(token_ids, lengths)
-            loss = loss_fn(logits.float(), labels)
-        loss_value = loss.item()
-        _check_finite("loss", loss_value, f"{description}, step {step}", cfg, EXPLODED_LOSS)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        logits, loss_value = backward_step(model, token_ids, lengths, labels, loss_fn, device)
+        _check_finite("loss", loss_value, f"{description}, step {step}", cfg, EXPLODED_LOSS)
         grad_norm = float(clip_grad_norm(parameters, cfg.train.grad_clip))
         _check_finite("gradient norm", grad_norm, f"{description}, step {step}", cfg)
         optimizer.step()
@@ -145,6 +141,33 @@ def _train_epoch(
         progress.update(task, advance=len(rows), rate=seen / (time.perf_counter() - started))
     seconds = time.perf_counter() - started
     return total_loss / seen, correct / seen, seen / seconds, padding_efficiency(split.texts.lengths, batches)
+
+
+def backward_step(model: TextRNN, token_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
+                  loss_fn: nn.Module, device: torch.device) -> tuple[torch.Tensor, float]:
+    """Accumulate one batch's gradients into the parameters; (logits, loss), both of the clean batch.
+
+    With the variant's `adversarial` size, the loss on adversarial embeddings (FGM, Miyato et al. 2017) adds
+    its gradients: each row's embeddings moved along the clean loss's gradient, by `adversarial` times the
+    row's own embedding norm (a scale that follows the embeddings as they grow, where a fixed norm would
+    not). Pads get no gradient (masked cells never read them), so they are not moved, and a row's move
+    does not depend on how many pad columns its batch has."""
+    size = model.variant.adversarial
+    with _autocast(device):
+        embedded = model.embed(token_ids, lengths)
+        if size:
+            embedded.retain_grad()
+        logits = model.classify(embedded, lengths)
+        loss = loss_fn(logits.float(), labels)
+    loss.backward(retain_graph=bool(size))
+    if size:
+        direction = embedded.grad.detach()
+        direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+        scale = embedded.detach().flatten(1).norm(dim=1).view(-1, 1, 1)
+        with _autocast(device):
+            adversarial_loss = loss_fn(model.classify(embedded + size * scale * direction, lengths).float(), labels)
+        adversarial_loss.backward()
+    return logits, loss.item()
 
 
 # A mean cross-entropy this large means logits thousands apart on wrong answers: the weights have blown

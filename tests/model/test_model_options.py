@@ -33,10 +33,10 @@ POOLS = ["last", "max", "mean", "attention"]
 RECURRENT = [(cell, bidirectional) for cell in ("rnn", "lstm", "gru") for bidirectional in (False, True)]
 
 
-def options_model(pool: str, cell: str, bidirectional: bool, seed: int = 0) -> nn.Module:
+def options_model(pool: str, cell: str, bidirectional: bool, seed: int = 0, **options: object) -> nn.Module:
     """A small two-layer model (so dropout between layers runs) with both dropouts on."""
     variant = small_variant(cell=cell, layers=2, bidirectional=bidirectional, pool=pool, dropout=0.3, embed_dropout=0.25,
-                            token_dropout=0.2)
+                            token_dropout=0.2, **options)
     torch.manual_seed(seed)
     model = build_model(variant, VOCAB, CLASSES)
     if pool == "attention":
@@ -61,10 +61,11 @@ def with_extra_pads(token_ids: torch.Tensor, columns: int) -> torch.Tensor:
 
 # ---- (1) eval mode: pads and batch-mates change nothing
 
+@pytest.mark.parametrize("skip", [False, True], ids=["", "skip"])
 @pytest.mark.parametrize("cell,bidirectional", RECURRENT)
 @pytest.mark.parametrize("pool", POOLS)
-def test_in_eval_mode_pads_and_batch_mates_change_no_logit(pool: str, cell: str, bidirectional: bool) -> None:
-    model = options_model(pool, cell, bidirectional).eval()
+def test_in_eval_mode_pads_and_batch_mates_change_no_logit(pool: str, cell: str, bidirectional: bool, skip: bool) -> None:
+    model = options_model(pool, cell, bidirectional, embedding_skip=skip).eval()
     token_ids, lengths = random_batch()
     with torch.no_grad():
         logits = model(token_ids, lengths)
@@ -97,10 +98,13 @@ def train_step_gradients(
     return logits.detach(), captured["embedded"].grad
 
 
+@pytest.mark.parametrize("skip", [False, True], ids=["", "skip"])
 @pytest.mark.parametrize("cell,bidirectional", RECURRENT)
 @pytest.mark.parametrize("pool", POOLS)
-def test_in_train_mode_pads_get_no_gradient_and_change_no_real_tokens_gradient(pool: str, cell: str, bidirectional: bool) -> None:
-    model = options_model(pool, cell, bidirectional).train()
+def test_in_train_mode_pads_get_no_gradient_and_change_no_real_tokens_gradient(
+    pool: str, cell: str, bidirectional: bool, skip: bool
+) -> None:
+    model = options_model(pool, cell, bidirectional, embedding_skip=skip).train()
     token_ids, lengths = random_batch(seed=3)
     seq = token_ids.size(1)
     logits, grad = train_step_gradients(model, token_ids, lengths, seed=7)
@@ -160,10 +164,13 @@ def test_bag_and_unmasked_variants_take_dropout_and_drop_nothing_in_eval(variant
 
 # ---- (3) ONNX: symbolic dims and parity, dropout configured but off in eval
 
+@pytest.mark.parametrize("skip", [False, True], ids=["", "skip"])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize("pool", POOLS)
-def test_pooled_bidirectional_model_exports_with_symbolic_dims_and_matches_torch(tmp_path: Path, pool: str, cell: str) -> None:
-    model = options_model(pool, cell, bidirectional=True, seed=2).eval()
+def test_pooled_bidirectional_model_exports_with_symbolic_dims_and_matches_torch(
+    tmp_path: Path, pool: str, cell: str, skip: bool
+) -> None:
+    model = options_model(pool, cell, bidirectional=True, seed=2, embedding_skip=skip).eval()
     path = tmp_path / "model.onnx"
     write_onnx(model, path, {"variant": f"{pool}-{cell}"})
     assert symbolic_dims(onnx.load(str(path))) == {"token_ids": ["batch", "seq"], "lengths": ["batch"]}
@@ -187,6 +194,12 @@ def test_pooling_needs_a_masked_recurrent_cell(fields: dict) -> None:
         small_variant(**fields)
 
 
+@pytest.mark.parametrize("fields", [{"cell": "rnn", "masked": False}, {"cell": "bag"}])
+def test_the_embedding_skip_needs_a_masked_recurrent_cell(fields: dict) -> None:
+    with pytest.raises(ValidationError, match="embedding_skip needs a masked recurrent cell"):
+        small_variant(**fields, embedding_skip=True)
+
+
 def test_a_bad_pool_is_one_config_error_line_naming_the_variant() -> None:
     with pytest.raises(ConfigError, match=r"variants\.gist: .*pool 'attention' needs a masked recurrent cell") as error:
         config.from_dict({"variants": {"gist": {**SMALL_ARCHITECTURE, "cell": "gru", "masked": False, "pool": "attention"}}})
@@ -203,6 +216,9 @@ def test_a_bad_pool_is_one_config_error_line_naming_the_variant() -> None:
     ("dropout", True, "expected a number, not true/false"),
     ("pool", "first", "'last', 'max', 'mean' or 'attention'"),
     ("schedule", "linear", "'constant' or 'cosine'"),
+    ("adversarial", -0.01, "greater than or equal to 0"),
+    ("adversarial", "big", "valid number"),
+    ("embedding_skip", "yes", "valid boolean"),
 ])
 def test_out_of_range_options_are_refused(field: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"variants\.lstm\.{field}: .*{message}"):
@@ -213,6 +229,7 @@ def test_the_defaults_are_the_lesson_models() -> None:
     variant = small_variant(cell="lstm")
     assert (variant.pool, variant.dropout, variant.embed_dropout) == ("last", 0.0, 0.0)
     assert (variant.weight_decay, variant.label_smoothing, variant.warmup_epochs, variant.schedule) == (0.0, 0.0, 0.0, "constant")
+    assert (variant.embedding_skip, variant.adversarial) == (False, 0.0)
     assert not hasattr(build_model(variant, VOCAB, CLASSES), "attention")
 
 

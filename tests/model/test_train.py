@@ -91,7 +91,8 @@ def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> Non
 # of its own, so a resumed run must restore both to land on the same weights.
 EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1", "token_dropout=0.1",
                                                    "weight_decay=0.01", "label_smoothing=0.1", "warmup_epochs=1.5",
-                                                   "schedule=cosine", "sparse_embedding=false")]
+                                                   "schedule=cosine", "sparse_embedding=false", "embedding_skip=true",
+                                                   "adversarial=0.05")]
 
 
 def _train_command(workspace: Path, *extra: str, options: list[str]) -> list[str]:
