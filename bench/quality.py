@@ -7,7 +7,8 @@ The protocol, fixed before any option of a new variant was chosen:
 2. textrnn trains on the pool exactly as the pipeline does (`data.source=csv`, its own stratified 90/10
    train/val split by `seed`, early stopping on validation loss, the defaults in params.yaml); the fold
    is its test split, scored through the exported ONNX model (`textrnn evaluate`).
-3. Choosing options (`--metric val`): only the validation split of seed 42 is read; every trial is
+3. Choosing options (`--metric val`): only validation splits of the pool are read, those of the tuning
+   seeds (42 until the third session; 42-46 since: one 834-row split is ±0.011 of noise); every trial is
    appended to bench/results/quality_trials.json, so the choices can be audited.
 4. Reporting (`--metric test`): seeds 1, 2 and 3 (each a new val split, initialisation and batch order),
    held-out accuracy and macro-F1 as mean ± sample standard deviation. Written to
@@ -39,7 +40,8 @@ from common import AG_NEWS, PARAMS, QUIET_ENV, RESULTS, load_average, machine
 FOLD_SEED = 20261202
 FOLD_FRACTION = 0.2
 REPORT_SEEDS = (1, 2, 3)
-TUNING_SEED = 42
+TUNING_SEEDS = (42, 43, 44, 45, 46)
+TUNING_SEED = TUNING_SEEDS[0]
 TEXTRNN = [sys.executable, "-m", "textrnn.cli"]
 
 
@@ -132,10 +134,10 @@ def main() -> None:
         raise SystemExit(f"{AG_NEWS}: not found; this benchmark needs the shared AG News rows")
     default_seeds = REPORT_SEEDS if args.metric == "test" else (TUNING_SEED,)
     seeds = [int(seed) for seed in args.seeds.split(",")] if args.seeds else list(default_seeds)
-    if args.metric == "val" and seeds != [TUNING_SEED]:
-        raise SystemExit(f"--metric val reads only seed {TUNING_SEED}'s validation split (the protocol)")
-    if args.metric == "test" and TUNING_SEED in seeds:
-        raise SystemExit(f"seed {TUNING_SEED} chose the options; report on other seeds")
+    if args.metric == "val" and not set(seeds) <= set(TUNING_SEEDS):
+        raise SystemExit(f"--metric val reads only the tuning seeds' validation splits {TUNING_SEEDS} (the protocol)")
+    if args.metric == "test" and set(seeds) & set(TUNING_SEEDS):
+        raise SystemExit(f"seeds {TUNING_SEEDS} chose the options; report on other seeds")
     from textrnn import config
 
     cfg = config.load(PARAMS, args.sets)

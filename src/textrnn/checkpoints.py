@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from textrnn import lineage
 from textrnn.config import VariantConfig
@@ -156,13 +157,17 @@ class ResumePoint:
                 raise CheckpointError(f"{key} changed since {path} was written; train without --resume")
         return cls(path, payload)
 
-    def restore(self, model: TextRNN, optimizer: SplitAdam, schedule: SplitSchedule | None = None) -> dict[str, Any]:
-        """Put the saved weights, optimizer, learning-rate schedule and RNG state back; return the loop state."""
+    def restore(self, model: TextRNN, optimizer: SplitAdam, schedule: SplitSchedule | None = None,
+                average: nn.Module | None = None) -> dict[str, Any]:
+        """Put the saved weights, optimizer, learning-rate schedule, weight average and RNG state back;
+        return the loop state."""
         try:
             model.load_state_dict(self.payload["model"])
             optimizer.load_state_dict(self.payload["optimizer"])
             if schedule is not None:
                 schedule.load_state_dict(self.payload["schedule"])
+            if average is not None:
+                average.load_state_dict(self.payload["average"])
             torch.set_rng_state(self.payload["torch_rng"])
             state = dict(self.payload["state"])
             missing = sorted(set(_LOOP_STATE) - set(state))

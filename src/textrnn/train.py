@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from textrnn import checkpoints, lineage
 from textrnn.bucketing import BucketBatchSampler, padding_efficiency
@@ -106,6 +107,7 @@ def _train_epoch(
     model: TextRNN,
     optimizer: SplitAdam,
     schedule: SplitSchedule | None,
+    average: AveragedModel | None,
     loss_fn: nn.Module,
     split: EncodedSplit,
     sampler: BucketBatchSampler,
@@ -115,7 +117,7 @@ def _train_epoch(
     task,
     description: str,
 ) -> tuple[float, float, float, float]:
-    """One pass over the train split, stepping `schedule` (if any) after each optimizer step; returns
+    """One pass over the train split, stepping `schedule` and `average` (if any) after each optimizer step; returns
     (loss, accuracy, samples/s, padding efficiency), the loss being `loss_fn`'s. Advances `task` of `progress`.
 
     Raises TrainingDiverged at the first step whose loss or gradient norm is not finite (before the
@@ -135,6 +137,8 @@ def _train_epoch(
         optimizer.step()
         if schedule is not None:
             schedule.step()
+        if average is not None:
+            average.update_parameters(model)
         total_loss += loss_value * len(rows)
         correct += int((logits.argmax(1) == labels).sum())
         seen += len(rows)
@@ -302,6 +306,8 @@ def train_variant(
         enabled=cfg.buckets.enabled,
     )
     schedule = _schedule(optimizer, sampler, cfg, variant)
+    average = _weight_average(model, options.weight_average)
+    evaluated = model if average is None else average.module  # what validation reads and training publishes
     # Smoothing shapes the training loss only: validation loss (early stopping) stays plain cross-entropy,
     # comparable across variants.
     loss_fn = nn.CrossEntropyLoss(label_smoothing=options.label_smoothing)
@@ -310,7 +316,7 @@ def train_variant(
              "best_state": _plain_state(model.state_dict()), "wall_seconds": 0.0}
     ckpt = cfg.paths.checkpoint(name)
     if resume_point is not None:
-        state = resume_point.restore(model, optimizer, schedule)
+        state = resume_point.restore(model, optimizer, schedule, average)
         log.info("resume variant=%s after_epoch=%d", name, state["epoch"])
 
     with progress_bar(show_progress) as progress:
@@ -322,10 +328,10 @@ def train_variant(
             task = progress.add_task(f"{name} epoch {epoch}/{cfg.train.epochs}", total=len(train_split.labels),
                                      rate=0.0, result="")
             train_loss, train_acc, rate, efficiency = _train_epoch(
-                model, optimizer, schedule, loss_fn, train_split, sampler, cfg, device, progress, task,
+                model, optimizer, schedule, average, loss_fn, train_split, sampler, cfg, device, progress, task,
                 f"{name} epoch {epoch}/{cfg.train.epochs}",
             )
-            val_logits = predict_logits(model, val_split, 256, device)
+            val_logits = predict_logits(evaluated, val_split, 256, device)
             metrics = EpochMetrics(
                 epoch=epoch,
                 train_loss=train_loss,
@@ -344,12 +350,13 @@ def train_variant(
             state["history"].append(asdict(metrics))
             if metrics.val_loss < state["best_val_loss"]:
                 state.update(best_val_loss=metrics.val_loss, best_epoch=epoch, bad_epochs=0,
-                             best_state=_plain_state(model.state_dict()))
+                             best_state=_plain_state(evaluated.state_dict()))
             else:
                 state["bad_epochs"] += 1
             save_torch(
                 {"format": checkpoints.CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict() if schedule is not None else None,
+                 "average": average.state_dict() if average is not None else None,
                  "torch_rng": torch.get_rng_state(), "lineage": record, "state": state},
                 ckpt,
             )
@@ -358,6 +365,15 @@ def train_variant(
                 on_epoch(name, asdict(metrics))
 
     return _publish(cfg, variant, model, state, record, device)
+
+
+def _weight_average(model: TextRNN, decay: float) -> AveragedModel | None:
+    """An exponential moving average of `model`'s weights, updated after every optimizer step, or None for
+    decay 0. It starts as a copy of the weights at the first step; nothing but its weights is averaged
+    (the model has no buffers)."""
+    if decay == 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
 
 
 def _schedule(optimizer: SplitAdam, sampler: BucketBatchSampler, cfg: Config, variant: Variant) -> SplitSchedule | None:

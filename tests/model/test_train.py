@@ -92,7 +92,7 @@ def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> Non
 EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1", "token_dropout=0.1",
                                                    "weight_decay=0.01", "label_smoothing=0.1", "warmup_epochs=1.5",
                                                    "schedule=cosine", "sparse_embedding=false", "embedding_skip=true",
-                                                   "adversarial=0.05")]
+                                                   "adversarial=0.05", "weight_average=0.9")]
 
 
 def _train_command(workspace: Path, *extra: str, options: list[str]) -> list[str]:
@@ -148,6 +148,27 @@ def test_each_training_option_changes_what_is_learnt(workspace: Path) -> None:
     # A variant's sparse_embedding overrides train.sparse_embedding: the same as switching it for all.
     dense = first_epoch("variants.lstm.sparse_embedding=false")
     assert all(torch.equal(dense[key], value) for key, value in first_epoch("train.sparse_embedding=false").items())
+
+
+def test_validation_reads_and_training_publishes_the_weight_average(workspace: Path) -> None:
+    from textrnn.checkpoints import load_model
+    from textrnn.tokens import EncodedSplit
+    from textrnn.train import _cross_entropy, predict_logits
+
+    cfg = make_config(workspace, "train.epochs=2", "train.patience=5", "variants.lstm.weight_average=0.9")
+    summary = train_variant(cfg, cfg.variant("lstm"))
+    model, _ = load_model(cfg.paths.model_file("lstm"))
+    val = EncodedSplit.load(cfg.paths.encoded_split("val"))
+    assert _cross_entropy(predict_logits(model, val, 256, torch.device("cpu")), val.labels) == pytest.approx(
+        summary["best_val_loss"], abs=1e-6)
+    checkpoint = torch.load(cfg.paths.checkpoint("lstm"), weights_only=True)
+    published = model.state_dict()
+    averaged = {key.removeprefix("module."): value for key, value in checkpoint["average"].items() if key != "n_averaged"}
+    assert averaged.keys() == published.keys()
+    best_is_last = summary["best_epoch"] == summary["epochs_run"]
+    assert all(torch.equal(averaged[key], published[key]) for key in published) == best_is_last
+    # The average is not the last step's weights, which the checkpoint also keeps for resuming.
+    assert any(not torch.equal(averaged[key], checkpoint["model"][key]) for key in published)
 
 
 def test_outputs_record_their_inputs_and_training_config(workspace: Path) -> None:
