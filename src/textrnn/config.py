@@ -111,6 +111,9 @@ class VariantConfig(Frozen):
     # Adversarial training (FGM, Miyato et al. 2017): each step also trains on the batch's embeddings moved
     # by this L2 norm per row in the direction that raises the loss most. 0: off.
     adversarial: Float = Field(0.0, ge=0.0, le=1_000.0)
+    # Consistency between two dropout draws (R-Drop, Liang et al. 2021): each step runs the batch twice and
+    # adds this weight times the symmetric KL divergence of the two predictions to their mean loss. 0: off.
+    consistency: Float = Field(0.0, ge=0.0, le=1_000.0)
     # Validation, early stopping and the published weights use an exponential moving average of the
     # weights over the training steps, with this decay per step (torch's AveragedModel). 0: off.
     weight_average: Float = Field(0.0, ge=0.0, lt=1.0)

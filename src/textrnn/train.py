@@ -149,21 +149,28 @@ def _train_epoch(
 
 def backward_step(model: TextRNN, token_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor,
                   loss_fn: nn.Module, device: torch.device) -> tuple[torch.Tensor, float]:
-    """Accumulate one batch's gradients into the parameters; (logits, loss), both of the clean batch.
+    """Accumulate one batch's gradients into the parameters; (logits, loss), both of the batch's first
+    dropout draw, unperturbed.
 
+    With the variant's `consistency` weight (R-Drop), the batch also goes through a second dropout draw: the
+    loss is the two draws' mean plus the weight times the symmetric KL divergence of their predictions.
     With the variant's `adversarial` size, the loss on adversarial embeddings (FGM, Miyato et al. 2017) adds
     its gradients: each row's embeddings moved along the clean loss's gradient, by `adversarial` times the
     row's own embedding norm (a scale that follows the embeddings as they grow, where a fixed norm would
     not). Pads get no gradient (masked cells never read them), so they are not moved, and a row's move
     does not depend on how many pad columns its batch has."""
-    size = model.variant.adversarial
+    size, weight = model.variant.adversarial, model.variant.consistency
     with _autocast(device):
         embedded = model.embed(token_ids, lengths)
         if size:
             embedded.retain_grad()
         logits = model.classify(embedded, lengths)
         loss = loss_fn(logits.float(), labels)
-    loss.backward(retain_graph=bool(size))
+        total = loss
+        if weight:
+            second = model.classify(model.embed(token_ids, lengths), lengths).float()
+            total = (loss + loss_fn(second, labels)) / 2 + weight * symmetric_kl(logits.float(), second)
+    total.backward(retain_graph=bool(size))
     if size:
         direction = embedded.grad.detach()
         direction = direction / direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1)
@@ -172,6 +179,12 @@ def backward_step(model: TextRNN, token_ids: torch.Tensor, lengths: torch.Tensor
             adversarial_loss = loss_fn(model.classify(embedded + size * scale * direction, lengths).float(), labels)
         adversarial_loss.backward()
     return logits, loss.item()
+
+
+def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The mean over rows of (KL(p||q) + KL(q||p)) / 2 between the softmaxes of two logit batches."""
+    log_p, log_q = first.log_softmax(-1), second.log_softmax(-1)
+    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1).mean() / 2
 
 
 # A mean cross-entropy this large means logits thousands apart on wrong answers: the weights have blown

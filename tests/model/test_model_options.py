@@ -220,6 +220,8 @@ def test_a_bad_pool_is_one_config_error_line_naming_the_variant() -> None:
     ("adversarial", "big", "valid number"),
     ("embedding_skip", "yes", "valid boolean"),
     ("weight_average", 1.0, "less than 1"),
+    ("consistency", -1.0, "greater than or equal to 0"),
+    ("consistency", False, "expected a number, not true/false"),
     ("weight_average", -0.5, "greater than or equal to 0"),
 ])
 def test_out_of_range_options_are_refused(field: str, value: object, message: str) -> None:
@@ -231,7 +233,7 @@ def test_the_defaults_are_the_lesson_models() -> None:
     variant = small_variant(cell="lstm")
     assert (variant.pool, variant.dropout, variant.embed_dropout) == ("last", 0.0, 0.0)
     assert (variant.weight_decay, variant.label_smoothing, variant.warmup_epochs, variant.schedule) == (0.0, 0.0, 0.0, "constant")
-    assert (variant.embedding_skip, variant.adversarial, variant.weight_average) == (False, 0.0, 0.0)
+    assert (variant.embedding_skip, variant.adversarial, variant.weight_average, variant.consistency) == (False, 0.0, 0.0, 0.0)
     assert not hasattr(build_model(variant, VOCAB, CLASSES), "attention")
 
 

@@ -92,7 +92,8 @@ def test_same_config_gives_identical_metrics_and_weights(workspace: Path) -> Non
 EVERY_OPTION = [f"variants.lstm.{key}" for key in ("pool=attention", "dropout=0.2", "embed_dropout=0.1", "token_dropout=0.1",
                                                    "weight_decay=0.01", "label_smoothing=0.1", "warmup_epochs=1.5",
                                                    "schedule=cosine", "sparse_embedding=false", "embedding_skip=true",
-                                                   "adversarial=0.05", "weight_average=0.9")]
+                                                   "adversarial=0.05", "weight_average=0.9",
+                                                   "consistency=1.0")]
 
 
 def _train_command(workspace: Path, *extra: str, options: list[str]) -> list[str]:
@@ -141,10 +142,13 @@ def test_each_training_option_changes_what_is_learnt(workspace: Path) -> None:
 
     lesson = first_epoch()
     assert all(torch.equal(lesson[key], value) for key, value in first_epoch().items())  # deterministic
+    with_dropout = first_epoch("variants.lstm.dropout=0.2")
     for option in EVERY_OPTION:
-        changed = first_epoch(option)
-        shared = set(lesson) & set(changed)  # attention adds a weight of its own
-        assert any(not torch.equal(lesson[key], changed[key]) for key in shared), option
+        # Consistency compares two dropout draws, which without dropout are one: it is tried on top of dropout.
+        before, changed = ((with_dropout, first_epoch("variants.lstm.dropout=0.2", option))
+                           if "consistency" in option else (lesson, first_epoch(option)))
+        shared = set(before) & set(changed)  # attention adds a weight of its own
+        assert any(not torch.equal(before[key], changed[key]) for key in shared), option
     # A variant's sparse_embedding overrides train.sparse_embedding: the same as switching it for all.
     dense = first_epoch("variants.lstm.sparse_embedding=false")
     assert all(torch.equal(dense[key], value) for key, value in first_epoch("train.sparse_embedding=false").items())
