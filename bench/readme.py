@@ -187,7 +187,8 @@ def quality_lines(report: dict[str, Any]) -> list[str]:
         f"stratified 90/10 train/val split, up to {protocol['epochs']} epochs, early stopping on validation loss with "
         f"patience {protocol['patience']}), is exported to ONNX and scored on the fold. Seeds {seeds} (each a new "
         "val split, initialisation and batch order); mean ± sample standard deviation. The new variants' options "
-        "were chosen on seed 42's validation split only, never on the fold (every trial is in "
+        "were chosen on validation splits only, never on the fold: `bilstm_mean`'s on seed 42's, `bilstm_adv`'s "
+        "on those of tuning seeds 42-46, paired with `bag` (every trial is in "
         "`bench/results/quality_trials.json`, and `bilstm_mean`'s `textrnn tune` studies in "
         f"`bench/results/quality_tune.json`). The run took {report['wall_seconds'] / 60:.0f} min with "
         f"{report['jobs']} variants at a time ({load_text(*report['load_average'])}).",

@@ -23,8 +23,9 @@ def write_params(tmp_path: Path, text: str) -> Path:
 
 def test_the_repository_params_load_with_the_lesson_variants_the_baseline_and_the_pooled_ones() -> None:
     cfg = config.load(PARAMS)
-    assert list(cfg.variants) == ["rnn", "rnn_masked", "lstm", "gru", "bilstm", "bag", "bilstm_max", "bilstm_mean"]
-    assert cfg.variants["bilstm_max"].pool == "max" and cfg.variants["bilstm_max"].sparse_embedding is False
+    assert list(cfg.variants) == ["rnn", "rnn_masked", "lstm", "gru", "bilstm", "bag", "bilstm_mean", "bilstm_adv"]
+    assert cfg.variants["bilstm_adv"].pool == "max" and cfg.variants["bilstm_adv"].sparse_embedding is False
+    assert cfg.variants["bilstm_adv"].adversarial == 0.05 and cfg.variants["bilstm_mean"].adversarial == 0.0
     assert cfg.variants["bilstm"].layers == 2 and cfg.variants["bilstm"].bidirectional
     assert not cfg.variants["rnn"].masked and cfg.variants["rnn_masked"].masked
     assert cfg.tokenizer.vocab_size == 20000
