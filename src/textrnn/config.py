@@ -125,7 +125,7 @@ class VariantConfig(Frozen):
     schedule: Literal["constant", "cosine"] = "constant"
     # The embedding's optimizer for this variant (true: lazy SparseAdam, false: dense Adam); null follows
     # train.sparse_embedding. Dense Adam keeps moving a rare word's row on its momentum, which lazy Adam does
-    # not (bench/keras_gap.py), at about a third of the speed.
+    # not (bench/keras_gap.py), at some speed (the sparse-update speed-up of bench/train_throughput.py).
     sparse_embedding: Bool | None = None
     # This variant's learning rate; null follows train.learning_rate. What `textrnn tune --apply` writes
     # when a study tuned it.
