@@ -125,7 +125,7 @@ class VariantConfig(Frozen):
     schedule: Literal["constant", "cosine"] = "constant"
     # The embedding's optimizer for this variant (true: lazy SparseAdam, false: dense Adam); null follows
     # train.sparse_embedding. Dense Adam keeps moving a rare word's row on its momentum, which lazy Adam does
-    # not (bench/keras_gap.py), at some speed (the sparse-update speed-up of bench/train_throughput.py).
+    # not (bench/keras_gap.py), but slower (the sparse-update speed-up of bench/train_throughput.py).
     sparse_embedding: Bool | None = None
     # This variant's learning rate; null follows train.learning_rate. What `textrnn tune --apply` writes
     # when a study tuned it.
@@ -156,6 +156,7 @@ def _default_variants() -> dict[str, VariantConfig]:
     pooled = {"cell": "lstm", "embed_dim": 64, "hidden": 64, "layers": 1, "bidirectional": True, "masked": True,
               "batch_size": 16, "dropout": 0.5, "embed_dropout": 0.3, "label_smoothing": 0.1, "warmup_epochs": 0.5,
               "schedule": "cosine", "sparse_embedding": False}
+    tuned = {**pooled, "dropout": 0.3615, "embed_dropout": 0.086, "token_dropout": 0.5858, "learning_rate": 0.0038}
     return {
         "rnn": VariantConfig(**{**lesson, "cell": "rnn", "hidden": 16, "masked": False}),
         "rnn_masked": VariantConfig(**{**lesson, "cell": "rnn", "hidden": 16}),
@@ -164,15 +165,13 @@ def _default_variants() -> dict[str, VariantConfig]:
         "bilstm": VariantConfig(cell="lstm", embed_dim=128, hidden=64, layers=2, bidirectional=True, masked=True,
                                 batch_size=16),
         "bag": VariantConfig(**{**lesson, "cell": "bag", "hidden": 16}),
-        # Beyond the lesson: pooled BiLSTMs, regularised, with dense Adam on the embedding. `bilstm_mean`'s
-        # width, learning rate and dropouts come from `textrnn tune` on seed 42's validation split
-        # (bench/quality_tune.py), the pooled recipe above being the study's starting point.
-        "bilstm_mean": VariantConfig(**{**pooled, "hidden": 34, "dropout": 0.3615, "embed_dropout": 0.086},
-                                     pool="mean", token_dropout=0.5858, learning_rate=0.0038),
-        # `bilstm_mean`'s recipe with 64 units, max pooling and adversarial training, chosen on the validation
-        # splits of tuning seeds 42-46 (bench/quality.py --metric val; README "Models").
-        "bilstm_adv": VariantConfig(**{**pooled, "dropout": 0.3615, "embed_dropout": 0.086}, pool="max",
-                                    token_dropout=0.5858, learning_rate=0.0038, adversarial=0.05),
+        # Beyond the lesson: pooled BiLSTMs, regularised, with dense Adam on the embedding. `tuned` is the
+        # learning rate and dropouts `textrnn tune` found on seed 42's validation split (bench/quality_tune.py),
+        # from the pooled recipe above; `bilstm_mean` is that study's best trial.
+        "bilstm_mean": VariantConfig(**{**tuned, "hidden": 34}, pool="mean"),
+        # With 64 units, max pooling and adversarial training, chosen on the validation splits of tuning
+        # seeds 42-46 (bench/quality.py --metric val; README "Models").
+        "bilstm_adv": VariantConfig(**tuned, pool="max", adversarial=0.05),
     }
 
 
