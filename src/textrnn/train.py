@@ -24,6 +24,7 @@ The core knows nothing of MLflow or Prefect: trackers plug in through the `on_ep
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -169,7 +170,7 @@ def backward_step(model: TextRNN, token_ids: torch.Tensor, lengths: torch.Tensor
         total = loss
         if weight:
             second = model.classify(model.embed(token_ids, lengths), lengths).float()
-            total = (loss + loss_fn(second, labels)) / 2 + weight * symmetric_kl(logits.float(), second)
+            total = (loss + loss_fn(second, labels)) / 2 + weight * symmetric_kl(logits, second)
     total.backward(retain_graph=bool(size))
     if size:
         direction = embedded.grad.detach()
@@ -183,8 +184,9 @@ def backward_step(model: TextRNN, token_ids: torch.Tensor, lengths: torch.Tensor
 
 def symmetric_kl(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """The mean over rows of (KL(p||q) + KL(q||p)) / 2 between the softmaxes of two logit batches."""
-    log_p, log_q = first.log_softmax(-1), second.log_softmax(-1)
-    return ((log_p.exp() - log_q.exp()) * (log_p - log_q)).sum(-1).mean() / 2
+    log_p, log_q = first.float().log_softmax(-1), second.float().log_softmax(-1)
+    kl = functools.partial(nn.functional.kl_div, reduction="batchmean", log_target=True)
+    return (kl(log_q, log_p) + kl(log_p, log_q)) / 2
 
 
 # A mean cross-entropy this large means logits thousands apart on wrong answers: the weights have blown
