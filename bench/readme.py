@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,7 +179,7 @@ def concurrency_lines(report: dict[str, Any]) -> list[str]:
 def quality_lines(report: dict[str, Any]) -> list[str]:
     """The Models section's results table: held-out accuracy by the protocol of bench/quality.py."""
     protocol, summary = report["protocol"], report["summary"]
-    bag = next((entry["test_accuracy"]["mean"] for entry in summary if entry["variant"] == "bag"), None)
+    bag = next((entry["test_accuracy"]["each"] for entry in summary if entry["variant"] == "bag"), None)
     seeds = ", ".join(str(seed) for seed in protocol["seeds"])
     lines = [
         f"**Held-out accuracy on real AG News** (`bench/quality.py`; {machine_text(report['machine'])}). The "
@@ -193,18 +195,25 @@ def quality_lines(report: dict[str, Any]) -> list[str]:
         f"`bench/results/quality_tune.json`). The run took {report['wall_seconds'] / 60:.0f} min with "
         f"{report['jobs']} variants at a time ({load_text(*report['load_average'])}).",
         "",
-        "| variant | held-out accuracy | − bag | held-out macro-F1 | val accuracy | best epoch | per seed |",
+        "| variant | held-out accuracy | − bag (paired by seed, ± s.e.) | held-out macro-F1 | val accuracy | best epoch | per seed |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for entry in summary:
         accuracy = entry["test_accuracy"]
-        versus = f"{accuracy['mean'] - bag:+.3f}" if bag is not None else "–"
+        versus = paired_difference(accuracy["each"], bag) if bag is not None else "–"
         lines.append(
             f"| `{entry['variant']}` | {accuracy['mean']:.3f} ± {accuracy['sd']:.3f} | {versus} | "
             f"{entry['test_macro_f1']['mean']:.3f} ± {entry['test_macro_f1']['sd']:.3f} | "
             f"{entry['best_val_accuracy']['mean']:.3f} | {entry['best_epoch']['mean']:.1f} | "
             f"{' / '.join(f'{value:.3f}' for value in accuracy['each'])} |")
     return lines
+
+
+def paired_difference(each: list[float], baseline: list[float]) -> str:
+    """Mean ± standard error of the per-seed differences (the same seeds, in the same order)."""
+    differences = [value - base for value, base in zip(each, baseline, strict=True)]
+    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else 0.0
+    return f"{statistics.fmean(differences):+.3f} ± {error:.3f}"
 
 
 def quality_block() -> str:

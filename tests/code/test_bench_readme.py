@@ -41,3 +41,15 @@ def test_a_readme_without_the_block_is_a_one_line_error(tmp_path) -> None:
     finished = run_readme("--readme", str(readme))
     assert finished.returncode != 0
     assert str(readme) in finished.stderr and len(finished.stderr.strip().splitlines()) == 1
+
+
+def test_the_quality_tables_difference_to_bag_is_paired_by_seed() -> None:
+    """Seed for seed, not the difference of two means: a variant that beats `bag` by the same amount in every
+    seed has no spread, however much both move between seeds."""
+    sys.path.insert(0, str(README_SCRIPT.parent))
+    try:
+        from readme import paired_difference
+    finally:
+        sys.path.remove(str(README_SCRIPT.parent))
+    assert paired_difference([0.90, 0.80, 0.85], [0.88, 0.78, 0.83]) == "+0.020 ± 0.000"
+    assert paired_difference([0.89, 0.90, 0.88], [0.88, 0.88, 0.88]) == "+0.010 ± 0.006"
